@@ -1,0 +1,458 @@
+"""The `EvoQualityRun` specification: pydantic models, loading, validation errors and the spec hash.
+
+These models are the single source of truth for the run manifest: the embedded runner and the
+stage commands validate with them, the operator validates custom resources with them, and the CRD
+schema in `crds/` is generated from them (`evoquality.crd`).
+
+Defaults follow the EvoQuality paper (arXiv 2509.25787) where it states a setting; every other
+default is marked "our choice" in its field description. YAML/JSON use camelCase.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    AliasGenerator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+API_GROUP = "evoquality.io"
+API_VERSION = "v1alpha1"
+KIND = "EvoQualityRun"
+PLURAL = "evoqualityruns"
+
+DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+SAMPLERS = ("random", "balanced", "same-reference", "adaptive")
+LABEL_MODES = ("hard", "soft", "bradley-terry")
+ENGINES = ("vllm", "transformers", "simulated")
+MUTABLE_SPEC_FIELDS = ("suspend", "queueName")
+
+
+class SpecError(ValueError):
+    """A manifest that cannot be read or validated; the message names the field and the reason."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=AliasGenerator(alias=to_camel),
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# model, data, stages
+# ---------------------------------------------------------------------------------------------
+
+
+class SimulatedJudgeSpec(_Model):
+    """A judge with known behaviour that reads the manifest's `mos` as hidden truth.
+
+    A test and benchmark device only: never a default, never for real runs.
+    """
+
+    temperature: float = Field(0.5, gt=0, description="P(a beats b) = sigmoid((mos_a-mos_b)/T).")
+    pair_error: float = Field(0.0, ge=0, le=1, description="Share of pairs judged consistently wrong.")
+    position_bias: float = Field(0.0, ge=0, le=1, description="Extra chance the first image wins.")
+    score_noise: float = Field(0.5, ge=0, description="Std of the noise added to scores (score prompt).")
+
+
+class ModelSpec(_Model):
+    base: str = Field(
+        "Qwen/Qwen2.5-VL-7B-Instruct",
+        min_length=1,
+        description="Base VLM: a Hugging Face name, an s3:// or local model directory, or `tiny` "
+        "(a tiny random model built on first use; tests and the quickstart).",
+    )
+    revision: str | None = Field(None, description="Hub revision of the base model.")
+    min_pixels: int = Field(
+        3136, gt=0, description="Smallest image area in pixels for every engine and the trainer."
+    )
+    max_pixels: int = Field(
+        401408,
+        gt=0,
+        description="Largest image area in pixels (our choice: 512 x 28 x 28); images are resized "
+        "once to this cap with both sides multiples of 28.",
+    )
+    reasoning: bool = Field(True, description="Think-then-answer prompts (the paper).")
+    engine: Literal["vllm", "transformers", "simulated"] = Field(
+        "vllm", description="Inference engine for vote and eval: vllm (GPU), transformers (CPU)."
+    )
+    dtype: Literal["bfloat16", "float16", "float32", "auto"] = Field(
+        "bfloat16", description="Weights dtype for inference and training."
+    )
+    tensor_parallel: int = Field(1, ge=1, description="vLLM tensor-parallel size (GPUs per pod).")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM memory share.")
+    simulated: SimulatedJudgeSpec | None = Field(
+        None, description="Settings of the simulated judge (engine: simulated)."
+    )
+
+    @model_validator(mode="after")
+    def _pixels(self) -> ModelSpec:
+        if self.min_pixels > self.max_pixels:
+            raise ValueError(
+                f"minPixels ({self.min_pixels}) must not exceed maxPixels ({self.max_pixels})"
+            )
+        if self.max_pixels < 28 * 28:
+            raise ValueError("maxPixels must be at least 784 (one 28 x 28 patch)")
+        return self
+
+
+class AugmentationSpec(_Model):
+    """Synthetic distortions of each pool image, paired with each other (the paper's round 2)."""
+
+    from_round: int = Field(1, ge=0, description="First round that adds distorted variants.")
+    variants_per_image: int = Field(
+        4, ge=1, description="Distorted variants per image (our choice; the paper gives none)."
+    )
+    pairs_per_round: int = Field(
+        5000,
+        ge=1,
+        description="Pairs of variants of one image per round, on top of voting.pairsPerRound "
+        "(our choice).",
+    )
+
+
+class DataSpec(_Model):
+    manifest: str = Field(
+        ..., min_length=1, description="Unlabeled image pool: CSV with an `image` column."
+    )
+    max_images: int | None = Field(None, ge=2, description="Use at most this many images.")
+    augmentation: AugmentationSpec | None = Field(
+        default_factory=AugmentationSpec,
+        description="Round-2 style synthetic distortions (the paper); null disables.",
+    )
+
+
+class VotingSpec(_Model):
+    pairs_per_round: int = Field(20000, ge=1, description="Image pairs compared per round.")
+    votes_per_pair: int = Field(
+        32,
+        ge=1,
+        description="K votes per pair, image order swapped across votes. An even K balances the "
+        "orders exactly; with an odd K the two orders differ by one vote.",
+    )
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature (our choice).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling (our choice).")
+    max_new_tokens: int = Field(
+        1024, ge=1, description="Generation budget per vote (our choice; 16 without reasoning)."
+    )
+    sampler: Literal["random", "balanced", "same-reference", "adaptive"] = Field(
+        "random", description="Pair design: random (the paper), balanced, adaptive."
+    )
+    shards: int = Field(1, ge=1, description="Vote shards (one pod each on Kubernetes).")
+    parallelism: int | None = Field(None, ge=1, description="Shards running at once.")
+    prefix_caching: bool = Field(
+        True, description="vLLM automatic prefix caching: the K votes share the prompt's KV."
+    )
+    batch_size: int = Field(8, ge=1, description="Ordered pairs per engine call (our choice).")
+    keep_texts: bool = Field(False, description="Store the sampled answers in the votes table.")
+
+
+class RankingSpec(_Model):
+    labels: Literal["hard", "soft", "bradley-terry"] = Field(
+        "hard", description="hard majority (the paper), soft vote fraction, or global Bradley-Terry."
+    )
+    min_confidence: float = Field(
+        0.0, ge=0, le=1, description="Drop pairs whose vote margin |a-b|/(a+b) is below this."
+    )
+    confidence_weighting: bool = Field(
+        False,
+        description="Weight each pair's reward by its confidence. Needs training.scaleRewards "
+        "batch or none: a per-group z-score cancels a constant factor.",
+    )
+
+
+class LoraSpec(_Model):
+    enabled: bool = Field(False, description="Train LoRA adapters instead of a full fine-tune.")
+    r: int = Field(64, ge=1)
+    alpha: int = Field(128, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], max_length=64
+    )
+
+
+class TrainingSpec(_Model):
+    num_generations: int = Field(32, ge=2, description="G sampled scores per image (the paper).")
+    per_device_batch_size: int = Field(
+        64, ge=1, description="Completions per device and step (our choice; a multiple of 2G)."
+    )
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Our choice.")
+    beta: float = Field(0.05, ge=0, description="KL coefficient (the paper).")
+    learning_rate: float = Field(3e-7, gt=0, description="The paper.")
+    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = Field(
+        "constant", description="Our choice."
+    )
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    epochs: float = Field(1.0, gt=0, description="Passes over the labelled pairs (our choice).")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    max_completion_length: int = Field(1024, ge=1, description="Our choice.")
+    temperature: float = Field(1.0, gt=0, description="Rollout temperature (our choice).")
+    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = Field(
+        "grpo", description="GRPO loss (the paper uses GRPO; TRL 1.16 defaults to dapo)."
+    )
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="Advantage scaling: group z-score (GRPO), batch std, or none."
+    )
+    format_reward_weight: float = Field(
+        0.0, ge=0, description="Weight of the format reward added to fidelity (our choice)."
+    )
+    deepspeed: Literal["none", "zero2", "zero3"] = Field(
+        "zero3", description="DeepSpeed ZeRO stage (VisualQuality-R1's setting)."
+    )
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    nodes: int = Field(1, ge=1)
+    gpus_per_node: int = Field(8, ge=0)
+    save_steps: int = Field(50, ge=1, description="Checkpoint every N steps; a re-run resumes.")
+    gradient_checkpointing: bool = True
+    seed_offset: int = Field(0, ge=0, description="Added to spec.seed for the trainer.")
+
+    @model_validator(mode="after")
+    def _pairs_fit_batches(self) -> TrainingSpec:
+        rows = self.per_device_batch_size * self.gradient_accumulation_steps
+        if rows % (2 * self.num_generations):
+            raise ValueError(
+                f"perDeviceBatchSize x gradientAccumulationSteps ({rows}) must be a multiple of "
+                f"2 x numGenerations ({2 * self.num_generations}) so both images of a pair and all "
+                "their samples land in one reward call"
+            )
+        return self
+
+
+class BenchmarkSpec(_Model):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", max_length=63)
+    manifest: str = Field(..., min_length=1, description="CSV with `image` and `mos` columns.")
+    max_images: int | None = Field(None, ge=2)
+
+
+class EvaluationSpec(_Model):
+    benchmarks: list[BenchmarkSpec] = Field(default_factory=list, max_length=64)
+    samples_per_image: int = Field(
+        1, ge=1, description="Scores sampled per image, averaged (1 = greedy; our choice)."
+    )
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature when samples > 1.")
+    max_new_tokens: int = Field(1024, ge=1, description="Our choice.")
+    batch_size: int = Field(8, ge=1, description="Images per engine call (our choice).")
+    validation: BenchmarkSpec | None = Field(
+        None,
+        description="Held-out manifest for early stopping and best-checkpoint choice; never a "
+        "test benchmark.",
+    )
+    early_stopping: bool = Field(
+        False, description="Stop when the validation SRCC falls (needs validation)."
+    )
+    evaluate_base: bool = Field(True, description="Evaluate the base model once (base/eval/).")
+
+    @model_validator(mode="after")
+    def _names(self) -> EvaluationSpec:
+        names = [b.name for b in self.benchmarks]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"benchmark names must be unique, repeated: {dupes}")
+        if self.early_stopping and self.validation is None:
+            raise ValueError("earlyStopping needs a validation manifest")
+        if self.validation is not None and self.validation.manifest in {
+            b.manifest for b in self.benchmarks
+        }:
+            raise ValueError("the validation manifest must not be one of the test benchmarks")
+        return self
+
+
+class StorageSpec(_Model):
+    uri: str = Field(
+        ...,
+        description="Artifact root: s3://bucket/prefix or file:///path (local path accepted).",
+    )
+    endpoint: str | None = Field(None, description="S3 endpoint URL (MinIO, Ceph, ...).")
+    secret_name: str | None = Field(
+        None, description="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for stage pods."
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        if value.startswith("s3://"):
+            if len(value) <= 5 or value[5] == "/":
+                raise ValueError("an s3:// URI needs a bucket name: s3://bucket/prefix")
+        elif "://" in value and not value.startswith("file://"):
+            raise ValueError("use s3://bucket/prefix, file:///path or a local path")
+        return value
+
+
+class EnvVar(_Model):
+    name: str = Field(..., min_length=1)
+    value: str | None = None
+    secret_name: str | None = Field(None, description="Take the value from this secret ...")
+    secret_key: str | None = Field(None, description="... and key (default: the variable name).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EnvVar:
+        if (self.value is None) == (self.secret_name is None):
+            raise ValueError(f"env {self.name}: give exactly one of value or secretName")
+        return self
+
+
+class PodSpec(_Model):
+    """Pod settings of one stage's Jobs (Kubernetes executor only)."""
+
+    image: str | None = Field(None, description="Container image (default: the chart's).")
+    resources: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="requests/limits, e.g. {limits: {nvidia.com/gpu: '8'}}."
+    )
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list, max_length=64)
+    affinity: dict[str, Any] | None = None
+    priority_class_name: str | None = None
+    service_account_name: str | None = None
+    image_pull_secrets: list[str] = Field(default_factory=list, max_length=16)
+    env: list[EnvVar] = Field(default_factory=list, max_length=64)
+    env_from_secrets: list[str] = Field(
+        default_factory=list, max_length=16, description="Secrets loaded whole (e.g. HF_TOKEN)."
+    )
+    active_deadline_seconds: int | None = Field(None, ge=1)
+    shm_size: str = Field("16Gi", description="Memory emptyDir at /dev/shm (NCCL, vLLM TP).")
+
+
+class PodsSpec(_Model):
+    vote: PodSpec = Field(default_factory=PodSpec)
+    rank: PodSpec = Field(default_factory=PodSpec)
+    train: PodSpec = Field(default_factory=PodSpec)
+    eval: PodSpec = Field(default_factory=PodSpec)
+    model_cache_pvc: str | None = Field(
+        None, description="ReadWriteMany PVC for the model cache (else an emptyDir per pod)."
+    )
+
+
+class RetrySpec(_Model):
+    max_retries: int = Field(2, ge=0, description="New attempts of a failed stage (our choice).")
+    backoff_seconds: int = Field(30, ge=0, description="First backoff, doubled per attempt.")
+
+
+class EvoQualityRunSpec(_Model):
+    seed: int = Field(0, ge=0)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    data: DataSpec
+    rounds: int = Field(2, ge=1, le=100, description="T self-evolution rounds (the paper: 2).")
+    voting: VotingSpec = Field(default_factory=VotingSpec)
+    ranking: RankingSpec = Field(default_factory=RankingSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    storage: StorageSpec
+    pods: PodsSpec = Field(default_factory=PodsSpec)
+    retries: RetrySpec = Field(default_factory=RetrySpec)
+    queue_name: str | None = Field(None, description="Kueue LocalQueue (label on every Job).")
+    suspend: bool = Field(False, description="Suspend running Jobs and start no new ones.")
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> EvoQualityRunSpec:
+        if self.ranking.confidence_weighting and self.training.scale_rewards == "group":
+            raise ValueError(
+                "ranking.confidenceWeighting needs training.scaleRewards 'batch' or 'none': a "
+                "per-group z-score cancels a constant weight per image"
+            )
+        if self.voting.sampler == "same-reference" and self.data.augmentation is None:
+            raise ValueError("voting.sampler 'same-reference' needs data.augmentation")
+        if self.model.engine == "simulated" and self.model.simulated is None:
+            raise ValueError("model.engine 'simulated' needs model.simulated settings")
+        return self
+
+
+class ObjectMeta(_Model):
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    name: str = Field(..., max_length=253, pattern=DNS1123_SUBDOMAIN)
+    namespace: str = Field("default", max_length=63, pattern=DNS1123_LABEL)
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class EvoQualityRun(_Model):
+    api_version: Literal["evoquality.io/v1alpha1"] = Field(
+        f"{API_GROUP}/{API_VERSION}", alias="apiVersion"
+    )
+    kind: Literal["EvoQualityRun"] = KIND
+    metadata: ObjectMeta
+    spec: EvoQualityRunSpec
+
+
+# ---------------------------------------------------------------------------------------------
+# loading, errors, hashing
+# ---------------------------------------------------------------------------------------------
+
+
+def format_validation_error(error: ValidationError, root: str = "") -> str:
+    """One line per problem: the dotted camelCase field path, then pydantic's reason."""
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(p) for p in item["loc"] if p not in ("function-after",))
+        where = ".".join(part for part in (root, path) if part) or "(manifest)"
+        lines.append(f"{where}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def parse_run(document: Any) -> EvoQualityRun:
+    """Validate a parsed manifest (a dict); raise SpecError naming each bad field."""
+    if not isinstance(document, dict):
+        raise SpecError(f"the manifest must be a mapping, got {type(document).__name__}")
+    try:
+        return EvoQualityRun.model_validate(document)
+    except ValidationError as exc:
+        raise SpecError(format_validation_error(exc)) from None
+
+
+def parse_spec(document: Any) -> EvoQualityRunSpec:
+    """Validate a bare spec (the `spec:` mapping of a run)."""
+    try:
+        return EvoQualityRunSpec.model_validate(document)
+    except ValidationError as exc:
+        raise SpecError(format_validation_error(exc, root="spec")) from None
+
+
+def load_run(path: str | Path) -> EvoQualityRun:
+    """Read a YAML or JSON manifest; errors name the file, line and column, or the field."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such manifest") from None
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        raise SpecError(f"{path}: invalid YAML at {where}: {exc.problem}") from None
+    try:
+        return parse_run(document)
+    except SpecError as exc:
+        raise SpecError(f"{path}:\n{exc}") from None
+
+
+def spec_to_dict(spec: EvoQualityRunSpec) -> dict[str, Any]:
+    """The spec as camelCase JSON-able data, defaults filled in."""
+    return spec.model_dump(mode="json", by_alias=True)
+
+
+def spec_hash(spec: EvoQualityRunSpec) -> str:
+    """Hash of everything that changes results (suspend and queueName are left out)."""
+    data = spec_to_dict(spec)
+    for name in MUTABLE_SPEC_FIELDS:
+        data.pop(name, None)
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
