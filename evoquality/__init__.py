@@ -1,3 +1,3 @@
-"""EvoQuality: self-supervised post-training of vision-language models for image quality assessment."""
+"""EvoQuality: self-supervised post-training of VLMs for image quality assessment."""
 
 __version__ = "0.1.0"

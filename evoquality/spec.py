@@ -66,9 +66,13 @@ class SimulatedJudgeSpec(_Model):
     """
 
     temperature: float = Field(0.5, gt=0, description="P(a beats b) = sigmoid((mos_a-mos_b)/T).")
-    pair_error: float = Field(0.0, ge=0, le=1, description="Share of pairs judged consistently wrong.")
+    pair_error: float = Field(
+        0.0, ge=0, le=1, description="Share of pairs judged consistently wrong."
+    )
     position_bias: float = Field(0.0, ge=0, le=1, description="Extra chance the first image wins.")
-    score_noise: float = Field(0.5, ge=0, description="Std of the noise added to scores (score prompt).")
+    score_noise: float = Field(
+        0.5, ge=0, description="Std of the noise added to scores (score prompt)."
+    )
 
 
 class ModelSpec(_Model):
@@ -165,7 +169,8 @@ class VotingSpec(_Model):
 
 class RankingSpec(_Model):
     labels: Literal["hard", "soft", "bradley-terry"] = Field(
-        "hard", description="hard majority (the paper), soft vote fraction, or global Bradley-Terry."
+        "hard",
+        description="hard majority (the paper), soft vote fraction, or global Bradley-Terry.",
     )
     min_confidence: float = Field(
         0.0, ge=0, le=1, description="Drop pairs whose vote margin |a-b|/(a+b) is below this."

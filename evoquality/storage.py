@@ -85,7 +85,8 @@ class Store(ABC):
 
     @abstractmethod
     def local_path(self, key: str) -> Path | None:
-        """The key's real local path for file stores (it may not exist yet); None for S3."""
+        """The real local path of a key or folder prefix in a file store (it may not exist yet);
+        None for S3."""
 
     @abstractmethod
     def child(self, prefix: str) -> Store:
@@ -220,7 +221,7 @@ class FileStore(Store):
             os.replace(tmp, dest)
 
     def local_path(self, key: str) -> Path:
-        return self._path(key)
+        return self.root / check_key(key, prefix=True)
 
     def child(self, prefix: str) -> FileStore:
         return FileStore(self.root / check_key(prefix.rstrip("/")))
@@ -378,7 +379,7 @@ def _make_client(endpoint_url: str | None):
     config = Config(
         retries={
             "mode": os.environ.get("AWS_RETRY_MODE", "standard"),
-            "max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS", "10")),
+            "total_max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS", "10")),
         },
         # Custom endpoints (MinIO, moto, Ceph) generally need path-style addressing.
         s3={"addressing_style": "path" if endpoint_url else "auto"},

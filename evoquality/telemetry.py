@@ -7,6 +7,7 @@ dashboard. Labels: namespace, run, round, stage or benchmark.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -88,7 +89,9 @@ class RunMetrics:
             registry=reg,
         )
         self.retries = Counter(
-            "evoquality_stage_retries_total", "Stage retries started.", (*ROUND, "stage"),
+            "evoquality_stage_retries_total",
+            "Stage retries started.",
+            (*ROUND, "stage"),
             registry=reg,
         )
         self.round_gauges = {
@@ -173,7 +176,5 @@ class RunMetrics:
 
     @staticmethod
     def _remove(metric: Gauge, *labels: str) -> None:
-        try:
+        with contextlib.suppress(KeyError):
             metric.remove(*labels)
-        except KeyError:
-            pass

@@ -1,0 +1,154 @@
+"""SynIQA: an offline IQA benchmark built from the photos scikit-image ships.
+
+Each reference is center-cropped to a square, resized to `size` and saved with its graded
+distortions (`evoquality.data.distortions`). The pseudo-MOS is a documented guess, monotone in the
+level: `mos = 5 - STRENGTH[distortion] * level` (the pristine reference, level 0, scores 5). Since
+every strength is at most 0.8, the MOS stays within [1, 5] and strictly falls with the level, so
+the order within each (reference, distortion) group is known; across distortions it is only a
+guess. Colour-only distortions are skipped for grey references, where they change nothing.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from evoquality.data.distortions import COLOR_ONLY, DISTORTIONS, LEVELS, distort
+from evoquality.data.manifest import Manifest, ManifestError, write_manifest
+
+REFERENCES = [
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "stereo_motorcycle",
+    "retina",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "camera",
+]
+# Pseudo-MOS drop per level, per distortion (<= 0.8 keeps level 5 at or above 1).
+STRENGTH = {
+    "gaussian_blur": 0.75,
+    "motion_blur": 0.7,
+    "gaussian_noise": 0.7,
+    "jpeg": 0.65,
+    "contrast_decrease": 0.55,
+    "pixelate": 0.75,
+    "color_saturation": 0.4,
+    "darken": 0.5,
+}
+PRISTINE = "pristine"
+MANIFEST_NAME = "manifest.csv"
+
+
+def pseudo_mos(distortion: str, level: int) -> float:
+    """The documented pseudo-MOS of a distortion level (level 0 = the pristine reference)."""
+    return 5.0 if level == 0 else round(5.0 - STRENGTH[distortion] * level, 2)
+
+
+def load_reference(name: str, size: int) -> tuple[Image.Image, bool]:
+    """A scikit-image photo, center-cropped square, resized to `size`; also whether it is grey."""
+    import skimage.data
+
+    if name not in REFERENCES:
+        raise ValueError(f"unknown SynIQA reference {name!r}; known: {', '.join(REFERENCES)}")
+    array = getattr(skimage.data, name)()
+    if isinstance(array, tuple):  # stereo_motorcycle: (left, right, disparity)
+        array = array[0]
+    grey = array.ndim == 2
+    array = np.stack([array] * 3, axis=-1) if grey else array[..., :3]
+    h, w = array.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    square = Image.fromarray(array[top : top + side, left : left + side])
+    return square.resize((size, size), Image.Resampling.BICUBIC), grey
+
+
+def _seed(seed: int, reference: str, distortion: str, level: int) -> int:
+    """A per-image seed that does not depend on which other images are built."""
+    key = zlib.crc32(f"{reference}/{distortion}/{level}".encode())
+    return int(np.random.SeedSequence([seed, key]).generate_state(1)[0])
+
+
+def build_syniqa(
+    out_dir: Path,
+    size: int = 112,
+    references: list[str] | None = None,
+    levels: int = LEVELS,
+    distortions: list[str] | None = None,
+    seed: int = 0,
+) -> Path:
+    """Write the benchmark's PNGs and `manifest.csv` under `out_dir`; returns the manifest path.
+
+    Columns: image (relative path), mos, reference, distortion ("pristine" for references),
+    level (0 for references).
+    """
+    references = list(REFERENCES if references is None else references)
+    distortions = list(DISTORTIONS if distortions is None else distortions)
+    unknown = [d for d in distortions if d not in DISTORTIONS]
+    if unknown:
+        raise ValueError(f"unknown distortions {unknown}; known: {', '.join(DISTORTIONS)}")
+    if not 1 <= levels <= LEVELS:
+        raise ValueError(f"levels must be 1..{LEVELS}, got {levels}")
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+
+    def add(img: Image.Image, reference: str, distortion: str, level: int) -> None:
+        rel = f"images/{reference}__{distortion}_{level}.png"
+        img.save(out_dir / rel)
+        rows.append(
+            {
+                "image": rel,
+                "mos": pseudo_mos(distortion, level),
+                "reference": reference,
+                "distortion": distortion,
+                "level": level,
+            }
+        )
+
+    for reference in references:
+        ref_img, grey = load_reference(reference, size)
+        add(ref_img, reference, PRISTINE, 0)
+        for distortion in distortions:
+            if grey and distortion in COLOR_ONLY:
+                continue
+            for level in range(1, levels + 1):
+                variant = distort(
+                    ref_img, distortion, level, _seed(seed, reference, distortion, level)
+                )
+                add(variant, reference, distortion, level)
+    manifest = out_dir / MANIFEST_NAME
+    write_manifest(manifest, rows)
+    return manifest
+
+
+def split_references(
+    train_fraction: float, seed: int, references: Sequence[str] | None = None
+) -> tuple[list[str], list[str]]:
+    """Shuffle references with `seed` and split them into (train, held-out), both non-empty."""
+    refs = list(REFERENCES if references is None else references)
+    n_train = round(train_fraction * len(refs))
+    if not 0 < n_train < len(refs):
+        raise ValueError(
+            f"train_fraction={train_fraction} of {len(refs)} references leaves a side empty"
+        )
+    order = np.random.default_rng(seed).permutation(len(refs))
+    return sorted(refs[i] for i in order[:n_train]), sorted(refs[i] for i in order[n_train:])
+
+
+def subset_by_references(manifest: Manifest, references: Sequence[str]) -> Manifest:
+    """The rows of a SynIQA manifest whose `reference` is one of `references`."""
+    if "reference" not in manifest.columns:
+        raise ManifestError(f"manifest {manifest.uri} has no 'reference' column")
+    present = set(manifest.columns["reference"])
+    missing = sorted(set(references) - present)
+    if missing:
+        raise ManifestError(f"manifest {manifest.uri} has no images of references {missing}")
+    wanted = set(references)
+    return manifest.subset([i for i, r in enumerate(manifest.columns["reference"]) if r in wanted])

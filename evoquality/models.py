@@ -1,0 +1,159 @@
+"""Model resolution (tiny / store URI / local dir / Hugging Face name) and processor loading."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+TINY = "tiny"
+_COMPLETE = ".evoquality-complete"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The model named in the spec cannot be found; the message says where it was looked for."""
+
+
+def _looks_local(name: str) -> bool:
+    return (
+        name.startswith(("/", "./", "../", "~"))
+        or name in (".", "..")
+        or name.endswith("/")
+        or name.count("/") > 1
+        or (os.sep != "/" and os.sep in name)
+    )
+
+
+def _lock(path: Path):
+    from filelock import FileLock
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path))
+
+
+def _resolve_tiny(cache_dir: Path, seed: int = 0) -> str:
+    from evoquality.tiny_model import MARKER_FILE, build_tiny_model_atomic
+
+    target = cache_dir / TINY
+    if (target / MARKER_FILE).exists():
+        return str(target)
+    with _lock(cache_dir / f"{TINY}.lock"):
+        build_tiny_model_atomic(target, seed=seed)
+    return str(target)
+
+
+def _resolve_store(uri: str, cache_dir: Path, store_factory: Callable[..., Any] | None) -> str:
+    if store_factory is None:
+        from evoquality.storage import open_store
+
+        store_factory = open_store
+    digest = hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
+    target = cache_dir / f"store-{digest}"
+    if (target / _COMPLETE).exists():
+        return str(target)
+    with _lock(cache_dir / f"store-{digest}.lock"):
+        if (target / _COMPLETE).exists():
+            return str(target)
+        store = store_factory(uri)
+        tmp = Path(tempfile.mkdtemp(prefix=f".store-{digest}.", dir=cache_dir))
+        try:
+            try:
+                store.get_dir("", tmp / "model")
+            except FileNotFoundError as exc:
+                raise ModelNotFoundError(f"model {uri}: no files there ({exc})") from None
+            if not (tmp / "model" / "config.json").exists():
+                raise ModelNotFoundError(f"model {uri}: not a model directory (no config.json)")
+            (tmp / "model" / _COMPLETE).write_text(uri + "\n")
+            if target.exists():
+                shutil.rmtree(target)  # a half-finished earlier download (no marker)
+            os.replace(tmp / "model", target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
+
+
+def _check_hub(name: str, revision: str | None) -> str:
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    if not offline:
+        return name
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot_download(name, revision=revision, local_files_only=True)
+    except Exception as exc:  # LocalEntryNotFoundError, HFValidationError, ...
+        raise ModelNotFoundError(
+            f"model {name!r} (revision {revision or 'default'}) is not in the Hugging Face cache and "
+            f"HF_HUB_OFFLINE=1 forbids downloading it ({type(exc).__name__}); use 'tiny', a local "
+            "model directory, an s3:// / file:// URI, or pre-fetch it into HF_HOME"
+        ) from None
+    return name
+
+
+def resolve_model(
+    name_or_uri: str,
+    cache_dir: Path,
+    revision: str | None = None,
+    store_factory: Callable[..., Any] | None = None,
+) -> str:
+    """A name that `from_pretrained` (and vLLM) can load.
+
+    * ``tiny``: the tiny model, built once into ``cache_dir/tiny`` (file lock + atomic rename);
+    * ``s3://...`` / ``file://...``: the model directory, downloaded once into ``cache_dir`` (keyed
+      by a hash of the URI; ``store_factory(uri)`` opens the store, default
+      ``evoquality.storage.open_store``);
+    * an existing local directory: itself;
+    * a path that looks local but does not exist: `ModelNotFoundError`;
+    * anything else: a Hugging Face hub name, returned as is (checked against the local cache when
+      ``HF_HUB_OFFLINE=1``).
+    """
+    cache_dir = Path(cache_dir)
+    name = name_or_uri.strip()
+    if not name:
+        raise ModelNotFoundError("empty model name")
+    if name == TINY:
+        return _resolve_tiny(cache_dir)
+    if name.startswith(("s3://", "file://")):
+        return _resolve_store(name, cache_dir, store_factory)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelNotFoundError(f"model directory {path} has no config.json")
+        return str(path)
+    if _looks_local(name) or path.exists():
+        raise ModelNotFoundError(f"model directory {path} does not exist")
+    return _check_hub(name, revision)
+
+
+def load_processor(
+    model_path: str, min_pixels: int, max_pixels: int, revision: str | None = None
+) -> Any:
+    """The model's processor with the spec's pixel caps and left padding (for generation).
+
+    transformers 5.20+: the caps must be passed to ``from_pretrained`` as ``min_pixels`` /
+    ``max_pixels`` (a bare ``size=`` is overridden by the saved config); checked afterwards.
+    """
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(
+        model_path,
+        revision=revision,
+        min_pixels=min_pixels,
+        max_pixels=max_pixels,
+        padding_side="left",
+    )
+    size = processor.image_processor.size
+    got = (_size_get(size, "shortest_edge"), _size_get(size, "longest_edge"))
+    if got != (min_pixels, max_pixels):
+        raise RuntimeError(
+            f"processor of {model_path} kept pixel caps {got}, expected {(min_pixels, max_pixels)}"
+        )
+    processor.tokenizer.padding_side = "left"
+    return processor
+
+
+def _size_get(size: Any, key: str) -> Any:
+    return size.get(key) if isinstance(size, dict) else getattr(size, key, None)

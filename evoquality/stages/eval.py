@@ -1,0 +1,111 @@
+"""The eval stage: score every benchmark image with a checkpoint and correlate with MOS.
+
+`--round r` evaluates P_{r+1} (round r's trained checkpoint); `--round base` evaluates the base
+model once per run, under `base/eval/`. The prediction is the mean of `samplesPerImage` sampled
+scores (greedy when 1); unparseable samples are left out, an image with none gets no prediction.
+Metrics per benchmark (`<name>.srcc`, ...), their size-weighted average (`wavg.*`), and
+`validation.*` for the held-out validation manifest.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from evoquality import artifacts
+from evoquality.engines.base import EngineImage, Sampling, make_engine
+from evoquality.metrics import evaluate, wavg
+from evoquality.pool import load_manifest
+from evoquality.prompts import parse_score
+from evoquality.spec import BenchmarkSpec
+from evoquality.stages.context import StageContext, StageError
+from evoquality.stages.progress import progress
+
+VALIDATION = "validation"
+
+
+def score_benchmark(
+    ctx: StageContext, engine, bench: BenchmarkSpec, label: str
+) -> tuple[pa.Table, dict]:
+    evaluation = ctx.spec.evaluation
+    manifest = load_manifest(bench.manifest, ctx.cache, bench.max_images)
+    if manifest.mos is None:
+        raise StageError(f"benchmark {bench.name}: {manifest.uri} has no `mos` column")
+    from evoquality.data.images import load_images, prepare_image
+
+    if engine.needs_pixels:
+        raw, failures = load_images(manifest.images)
+        pictures = [
+            None
+            if img is None
+            else prepare_image(img, ctx.spec.model.min_pixels, ctx.spec.model.max_pixels)
+            for img in raw
+        ]
+    else:
+        pictures, failures = [None] * len(manifest), []
+    n = evaluation.samples_per_image
+    sampling = Sampling(
+        temperature=evaluation.temperature if n > 1 else 0.0,
+        top_p=1.0,
+        max_new_tokens=evaluation.max_new_tokens,
+        seed=ctx.spec.seed,
+    )
+    usable = [i for i, pic in enumerate(pictures) if pic is not None or not engine.needs_pixels]
+    preds = np.full(len(manifest), np.nan)
+    valid = np.zeros(len(manifest), dtype=np.int32)
+    with progress(f"eval {label} {bench.name}", len(usable)) as bar:
+        for lo in range(0, len(usable), evaluation.batch_size):
+            idx = usable[lo : lo + evaluation.batch_size]
+            items = [EngineImage(manifest.ids[i], pictures[i], float(manifest.mos[i])) for i in idx]
+            for i, texts in zip(idx, engine.score(items, n, sampling), strict=True):
+                scores = [s for s in (parse_score(t) for t in texts) if s is not None]
+                valid[i] = len(scores)
+                if scores:
+                    preds[i] = float(np.mean(scores))
+            bar.advance(len(idx))
+    table = pa.table(
+        {"image": manifest.ids, "mos": manifest.mos, "pred": preds, "valid_samples": valid}
+    )
+    result = evaluate(preds, manifest.mos)
+    result["unreadable"] = len(failures)
+    return table, result
+
+
+def run(ctx: StageContext) -> dict:
+    round_index = ctx.args.round
+    done = artifacts.read_summary(ctx.store, "eval", round_index)
+    if done is not None:
+        return done
+    evaluation = ctx.spec.evaluation
+    benches = [(b, b.name) for b in evaluation.benchmarks]
+    if evaluation.validation is not None:
+        benches.append((evaluation.validation, VALIDATION))
+    if not benches:
+        raise StageError("evaluation has no benchmarks and no validation manifest")
+    model_round = None if round_index is None else round_index + 1
+    engine = make_engine(ctx.spec.model, ctx.policy_model(model_round), seed=ctx.spec.seed)
+    label = "base" if round_index is None else f"r{round_index}"
+    attempt = artifacts.StageAttempt(ctx.store, "eval", round_index)
+    results: dict[str, dict[str, float]] = {}
+    for bench, name in benches:
+        table, result = score_benchmark(ctx, engine, bench, label)
+        attempt.put_table(f"{name}.parquet", table)
+        results[name] = result
+    engine.close()
+    metrics: dict[str, float | int | None] = {}
+    for name, result in results.items():
+        for key in ("srcc", "plcc", "krcc", "plcc_logistic", "n", "n_missing"):
+            if key in result:
+                metrics[f"{name}.{key}"] = _clean(result[key])
+    tests = {k: v for k, v in results.items() if k != VALIDATION}
+    if tests:
+        for key, value in wavg(tests).items():
+            metrics[f"wavg.{key}"] = _clean(value)
+    return attempt.commit({"metrics": metrics})
+
+
+def _clean(value: float) -> float | int | None:
+    if isinstance(value, int | np.integer):
+        return int(value)
+    value = float(value)
+    return value if np.isfinite(value) else None

@@ -1,0 +1,15 @@
+"""Shared pytest set-up: the fixture plugins of each area (real servers on 127.0.0.1)."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+pytest_plugins = [
+    "tests.plugins.s3server",
+    "tests.plugins.tiny_model",
+    "tests.plugins.kmock_cluster",
+    "tests.plugins.helm",
+    "tests.plugins.prometheus",
+]

@@ -1,0 +1,61 @@
+"""The embedded runner's plan: every stage once, in an order that respects the stage contract."""
+
+import copy
+
+from evoquality.runner import plan_tasks, run_root
+from evoquality.spec import parse_run
+from tests.unit.test_spec import MINIMAL
+
+
+def make_run(**spec):
+    doc = copy.deepcopy(MINIMAL)
+    doc["spec"].update(spec)
+    return parse_run(doc)
+
+
+def test_plan_covers_every_stage_and_respects_dependencies():
+    run = make_run(
+        rounds=3,
+        voting={"shards": 3},
+        evaluation={"benchmarks": [{"name": "b", "manifest": "b.csv"}]},
+    )
+    tasks = plan_tasks(run)
+    names = [t.name for t in tasks]
+    assert len(names) == len(set(names))
+    assert names[0] == "eval-base"
+    assert len(tasks) == 1 + 3 * (3 + 3)
+    seen: set[str] = set()
+    for task in tasks:
+        assert set(task.deps) <= seen, f"{task.name} listed before its deps"
+        seen.add(task.name)
+    vote1 = next(t for t in tasks if t.name == "vote-r1-shard0of3")
+    assert vote1.deps == ("train-r0",)  # eval r0 runs beside vote r1
+
+
+def test_early_stopping_makes_next_vote_wait_for_eval():
+    run = make_run(
+        rounds=2,
+        evaluation={
+            "validation": {"name": "val", "manifest": "v.csv"},
+            "earlyStopping": True,
+        },
+    )
+    vote1 = next(t for t in plan_tasks(run) if t.name == "vote-r1-shard0of1")
+    assert set(vote1.deps) == {"train-r0", "eval-r0"}
+
+
+def test_no_benchmarks_means_no_eval_tasks():
+    assert all(t.stage != "eval" for t in plan_tasks(make_run()))
+
+
+def test_stage_arguments_follow_the_contract():
+    run = make_run(voting={"shards": 2})
+    vote = next(t for t in plan_tasks(run) if t.stage == "vote")
+    assert vote.args() == ["stage", "vote", "--round", "0", "--shard", "0", "--num-shards", "2"]
+
+
+def test_relative_storage_lives_in_the_workdir(tmp_path):
+    run = make_run(storage={"uri": "runs"})
+    assert run_root(run, tmp_path) == f"{tmp_path}/runs/default/demo"
+    s3 = make_run(storage={"uri": "s3://b/p/"})
+    assert run_root(s3, tmp_path) == "s3://b/p/default/demo"
