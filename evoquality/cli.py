@@ -24,7 +24,7 @@ app = typer.Typer(
 )
 manifest_app = typer.Typer(help="Image manifests (CSV: image, optional mos, extra columns).")
 app.add_typer(manifest_app, name="manifest")
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def fail(message: str, code: int = 2) -> None:

@@ -86,9 +86,9 @@ def _check_hub(name: str, revision: str | None) -> str:
         snapshot_download(name, revision=revision, local_files_only=True)
     except Exception as exc:  # LocalEntryNotFoundError, HFValidationError, ...
         raise ModelNotFoundError(
-            f"model {name!r} (revision {revision or 'default'}) is not in the Hugging Face cache and "
-            f"HF_HUB_OFFLINE=1 forbids downloading it ({type(exc).__name__}); use 'tiny', a local "
-            "model directory, an s3:// / file:// URI, or pre-fetch it into HF_HOME"
+            f"model {name!r} (revision {revision or 'default'}) is not in the Hugging Face cache "
+            f"and HF_HUB_OFFLINE=1 forbids downloading it ({type(exc).__name__}); use 'tiny', "
+            "a local model directory, an s3:// / file:// URI, or pre-fetch it into HF_HOME"
         ) from None
     return name
 

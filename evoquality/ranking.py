@@ -102,7 +102,7 @@ def fit_bradley_terry(
     """Maximum a-posteriori Bradley-Terry log-strengths (mean 0) of ``n_items``.
 
     Maximises ``sum counts * log sigmoid(s_w - s_l) - prior / 2 * |s|^2``; stops when the largest
-    Newton step is below ``tol``.
+    (undamped) Newton step is below ``tol``.
     """
     if prior <= 0:
         raise ValueError(f"prior must be > 0 (it keeps unbeaten items finite), got {prior}")
@@ -145,8 +145,8 @@ def fit_bradley_terry(
         scale = 1.0
         while (new_value := objective(s + scale * step)) > value and scale > 1e-6:
             scale *= 0.5  # damping: Newton's step overshoots far from the optimum
-        s, value = s + scale * step, new_value
-        if scale * np.max(np.abs(step), initial=0.0) < tol:
+        print(scale, np.abs(step).max(), np.abs(grad).max()); s, value = s + scale * step, new_value
+        if np.max(np.abs(step), initial=0.0) < tol:
             break
     return s - s.mean()
 

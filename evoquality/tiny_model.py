@@ -227,9 +227,7 @@ def _warm_up(model, processor, steps: int, image_size: int, seed: int) -> float:
                 else prompts.scoring_prompt(reasoning)
             )
             messages = build_messages(n_images, question)
-            messages.append(
-                {"role": "assistant", "content": [{"type": "text", "text": ""}]}
-            )
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": ""}]})
             prompt = processor.apply_chat_template(
                 messages[:1], tokenize=False, add_generation_prompt=True
             )

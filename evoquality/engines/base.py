@@ -6,7 +6,8 @@ An engine answers two kinds of request, each sampled ``n`` times:
   ``prompts.comparison_prompt(reasoning)``;
 * ``score``: one image with ``prompts.scoring_prompt(reasoning)``.
 
-It returns the raw answer texts; parsing (``prompts.parse_choice`` / ``parse_score``) is the caller's.
+It returns the raw answer texts; parsing (``prompts.parse_choice`` / ``parse_score``) is the
+caller's.
 Images arrive already prepared (``evoquality.data.images.prepare_image``: both sides multiples of 28
 within the pixel caps) so every engine and the trainer see the same pixels and the same token grid.
 """

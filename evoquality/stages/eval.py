@@ -83,7 +83,9 @@ def run(ctx: StageContext) -> dict:
     if not benches:
         raise StageError("evaluation has no benchmarks and no validation manifest")
     model_round = None if round_index is None else round_index + 1
-    engine = make_engine(ctx.spec.model, ctx.policy_model(model_round), seed=ctx.spec.seed)
+    simulated = ctx.spec.model.engine == "simulated"
+    model_path = "" if simulated else ctx.policy_model(model_round)
+    engine = make_engine(ctx.spec.model, model_path, seed=ctx.spec.seed)
     label = "base" if round_index is None else f"r{round_index}"
     attempt = artifacts.StageAttempt(ctx.store, "eval", round_index)
     results: dict[str, dict[str, float]] = {}

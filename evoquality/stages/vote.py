@@ -70,7 +70,10 @@ def run(ctx: StageContext) -> dict:
     pair_ids = np.arange(start, stop, dtype=np.int64)
 
     needed = np.unique(shard_pairs)
-    engine = make_engine(spec.model, ctx.policy_model(round_index), seed=spec.seed)
+    model_path = "" if simulated else ctx.policy_model(round_index)
+    engine = make_engine(
+        spec.model, model_path, seed=spec.seed, prefix_caching=spec.voting.prefix_caching
+    )
     if engine.needs_pixels:
         pictures, failures = load_prepared([pool.images[i] for i in needed], spec.model)
     else:
@@ -91,7 +94,7 @@ def run(ctx: StageContext) -> dict:
     }
 
     k = spec.voting.votes_per_pair
-    swapped = order_plan(k)
+    swapped = np.sort(order_plan(k))  # the forward votes first, then the swapped ones
     n_swapped = int(swapped.sum())
     sampling = Sampling(
         temperature=spec.voting.temperature,

@@ -231,7 +231,11 @@ def merge_vote_metrics(shards: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     summed = ("pairs", "votes")
     merged: dict[str, float] = {}
     numeric = [
-        {k: float(v) for k, v in m.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        {
+            k: float(v)
+            for k, v in m.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        }
         for m in shards
     ]
     for key in summed:
@@ -419,8 +423,15 @@ def reconcile(
         _succeed(spec, new, now, reason="EarlyStopped", message=stopped, observed=observed, out=out)
         return out
     if all(stages.get(key.id, {}).get("state") == SUCCEEDED for key in plan):
-        _succeed(spec, new, now, reason="Completed", message="all rounds evaluated",
-                 observed=observed, out=out)
+        _succeed(
+            spec,
+            new,
+            now,
+            reason="Completed",
+            message="all rounds evaluated",
+            observed=observed,
+            out=out,
+        )
         return out
 
     # 3. suspension: spec.suspend suspends every running Job and starts nothing
@@ -438,7 +449,9 @@ def reconcile(
         for key in plan:
             entry = stages.get(key.id)
             if entry is None:
-                if all(stages.get(d.id, {}).get("state") == SUCCEEDED for d in dependencies(spec, key)):
+                if all(
+                    stages.get(d.id, {}).get("state") == SUCCEEDED for d in dependencies(spec, key)
+                ):
                     entry = stages[key.id] = _new_entry(
                         key, 0, naming.job_name(run.name, key.round, key.stage, 0), now
                     )
@@ -462,7 +475,10 @@ def reconcile(
                 else:
                     wake.append((due - now).total_seconds())
                 continue
-            if entry["state"] in ACTIVE_STATES and _job_of(by_key.get(key, []), entry["attempt"]) is None:
+            if (
+                entry["state"] in ACTIVE_STATES
+                and _job_of(by_key.get(key, []), entry["attempt"]) is None
+            ):
                 creates.append(_create(run, spec, key, entry["attempt"]))  # lost or never created
     else:
         for key in plan:
@@ -639,12 +655,16 @@ def _succeed(
     if spec.evaluation.validation is not None and best is not None:
         checkpoint = checkpoint_of(spec, status, best[0])
     else:
-        last = max((r for r in range(spec.rounds) if StageKey(r, "train").id in stages), default=None)
+        last = max(
+            (r for r in range(spec.rounds) if StageKey(r, "train").id in stages), default=None
+        )
         checkpoint = checkpoint_of(spec, status, last) if last is not None else None
     if checkpoint:
         status["checkpoint"] = checkpoint
     done = [StageKey(int(e["round"]), e["stage"]) for e in stages.values() if e["round"] != "base"]
-    last_key = max(done, default=StageKey(0, "vote"), key=lambda k: (k.round, STAGES.index(k.stage)))
+    last_key = max(
+        done, default=StageKey(0, "vote"), key=lambda k: (k.round, STAGES.index(k.stage))
+    )
     status.update(phase="Succeeded", round=last_key.round, stage=last_key.stage)
     status.pop("activeStages", None)
     if reason == "EarlyStopped":

@@ -30,7 +30,11 @@ def test_best_round_prefers_validation_and_keeps_earliest_tie():
 
 
 def test_early_stop_only_on_a_validation_drop():
-    evals = {None: {"validation.srcc": 0.5}, 0: {"validation.srcc": 0.6}, 1: {"validation.srcc": 0.55}}
+    evals = {
+        None: {"validation.srcc": 0.5},
+        0: {"validation.srcc": 0.6},
+        1: {"validation.srcc": 0.55},
+    }
     assert not should_stop_early(evals, 0)
     assert should_stop_early(evals, 1)
     assert not should_stop_early({None: {"wavg.srcc": 0.9}, 0: {"wavg.srcc": 0.1}}, 0)

@@ -1,0 +1,299 @@
+"""Applies the pure reconcile to the cluster: read run and Jobs, reconcile, act, write status.
+
+One `Operator` per operator process. Reconciles of one run are serialised and coalesced: any number
+of pokes (run events, Job events, timers, retry timers) that arrive while a pass runs are served
+by one more pass. API calls run in worker threads; nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from evoquality.spec import EvoQualityRunSpec, SpecError, parse_spec
+from evoquality.telemetry import RunMetrics
+
+from . import jobs as jobs_module
+from . import naming
+from .k8s import Api, merge_patch
+from .reconcile import (
+    ACTIVE_STATES,
+    BACKING_OFF,
+    FAILED,
+    SUCCEEDED,
+    CreateJob,
+    EnsureSpecConfigMap,
+    ObservedJob,
+    Outcome,
+    RequeueAfter,
+    RunRef,
+    SetJobSuspended,
+    StageFailed,
+    StageKey,
+    StageRetried,
+    parse_time,
+    reconcile,
+)
+
+log = logging.getLogger("evoquality_operator")
+RETRY_ON_ERROR_S = 5.0
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    namespaces: tuple[str, ...] = ()
+    all_namespaces: bool = False
+    metrics_port: int = 8080
+    metrics_addr: str = "0.0.0.0"
+    images: jobs_module.Images = jobs_module.Images()
+    resync_seconds: float = 60.0
+    check_crd: bool = True
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
+        env = os.environ if env is None else env
+        namespaces = tuple(n for n in env.get("EVOQUALITY_NAMESPACES", "").split(",") if n)
+        return cls(
+            namespaces=namespaces,
+            all_namespaces=not namespaces,
+            metrics_port=int(env.get("EVOQUALITY_METRICS_PORT", "8080")),
+            metrics_addr=env.get("EVOQUALITY_METRICS_ADDR", "0.0.0.0"),
+            images=jobs_module.Images.from_env(env),
+            resync_seconds=float(env.get("EVOQUALITY_RESYNC_SECONDS", "60")),
+            check_crd=env.get("EVOQUALITY_CHECK_CRD", "true").lower() not in ("0", "false", "no"),
+        )
+
+
+@dataclass
+class _RunState:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    requested: int = 0
+    served: int = 0
+    wake: asyncio.TimerHandle | None = None
+    observed: set[str] = field(default_factory=set)  # stage ids whose summary was exported
+    started: set[tuple[str, int]] = field(default_factory=set)
+    configmap: bool = False
+
+
+@dataclass
+class PassResult:
+    outcome: Outcome | None = None
+    requeue_after: float | None = None
+    error: str | None = None
+
+
+class Operator:
+    def __init__(self, config: OperatorConfig, api: Api, metrics: RunMetrics) -> None:
+        self.config = config
+        self.api = api
+        self.metrics = metrics
+        self._runs: dict[tuple[str, str], _RunState] = {}
+        self.passes = 0  # reconcile passes run (benchmark / tests)
+
+    # --- scheduling --------------------------------------------------------------------------
+
+    def _state(self, namespace: str, name: str) -> _RunState:
+        return self._runs.setdefault((namespace, name), _RunState())
+
+    async def reconcile(self, namespace: str, name: str) -> None:
+        """Reconcile the run now, coalescing with concurrent requests for the same run."""
+        state = self._state(namespace, name)
+        state.requested += 1
+        ticket = state.requested
+        async with state.lock:
+            if state.served >= ticket:
+                return  # a pass that started after this request already covered it
+            state.served = state.requested
+            result = await asyncio.to_thread(self._pass, namespace, name, state)
+            self.passes += 1
+        if result.error is not None:
+            self._schedule(namespace, name, RETRY_ON_ERROR_S)
+        elif result.requeue_after is not None:
+            self._schedule(namespace, name, result.requeue_after)
+
+    def _schedule(self, namespace: str, name: str, delay: float) -> None:
+        state = self._runs.get((namespace, name))
+        if state is None:
+            return
+        loop = asyncio.get_running_loop()
+        when = loop.time() + max(delay, 0.0)
+        if state.wake is not None and not state.wake.cancelled() and state.wake.when() <= when:
+            return  # an earlier wake-up is already scheduled
+        if state.wake is not None:
+            state.wake.cancel()
+        state.wake = loop.call_at(
+            when + 0.05, lambda: asyncio.ensure_future(self.reconcile(namespace, name))
+        )
+
+    def forget(self, namespace: str, name: str) -> None:
+        state = self._runs.pop((namespace, name), None)
+        if state is not None and state.wake is not None:
+            state.wake.cancel()
+        self.metrics.forget_run(namespace, name)
+
+    def close(self) -> None:
+        for state in self._runs.values():
+            if state.wake is not None:
+                state.wake.cancel()
+
+    # --- one pass (worker thread) ------------------------------------------------------------
+
+    def _pass(self, namespace: str, name: str, state: _RunState) -> PassResult:
+        try:
+            return self._pass_unsafe(namespace, name, state)
+        except Exception as exc:  # API errors: retry soon, the timer is the safety net
+            log.exception("reconcile of %s/%s failed", namespace, name)
+            return PassResult(error=str(exc))
+
+    def _pass_unsafe(self, namespace: str, name: str, state: _RunState) -> PassResult:
+        body = self.api.get_run(namespace, name)
+        meta = (body or {}).get("metadata") or {}
+        if body is None or meta.get("deletionTimestamp"):
+            return PassResult()
+        status = body.get("status") or {}
+        try:
+            spec: EvoQualityRunSpec | Mapping[str, Any] = parse_spec(body.get("spec") or {})
+        except SpecError:
+            spec = body.get("spec") or {}  # reconcile reports it
+        observed: list[ObservedJob] = []
+        if isinstance(spec, EvoQualityRunSpec):
+            observed = self._observe(namespace, name, meta.get("uid"), status)
+        now = datetime.now(UTC)
+        outcome = reconcile(RunRef(namespace, name), spec, status, observed, now)
+        new_status = outcome.status
+        if meta.get("generation") is not None:
+            new_status["observedGeneration"] = meta["generation"]
+        errors: list[str] = []
+        requeue: float | None = None
+        if isinstance(spec, EvoQualityRunSpec):
+            ctx = jobs_module.RunContext(
+                namespace, name, meta.get("uid", ""), spec, self.config.images
+            )
+            for action in outcome.actions:
+                try:
+                    requeue = self._apply(ctx, state, action, requeue)
+                except Exception as exc:
+                    log.warning("%s/%s: %s failed: %s", namespace, name, action, exc)
+                    errors.append(str(exc))
+        patch = merge_patch(status, new_status)
+        if patch:
+            self.api.patch_run_status(namespace, name, patch)
+        self._export(namespace, name, new_status, state)
+        return PassResult(outcome, requeue, "; ".join(errors) or None)
+
+    def _observe(
+        self, namespace: str, name: str, uid: str | None, status: Mapping[str, Any]
+    ) -> list[ObservedJob]:
+        stages = status.get("stages") or {}
+        observed = []
+        for job in self.api.list("batch/v1", "Job", namespace, naming.run_selector(name)):
+            owners = job.get("metadata", {}).get("ownerReferences") or []
+            if uid and owners and uid not in {o.get("uid") for o in owners}:
+                continue  # left behind by an earlier run of the same name
+            parsed = jobs_module.job_key(job)
+            if parsed is None:
+                continue
+            key, attempt = parsed
+            pods: list[dict[str, Any]] = []
+            if jobs_module.job_state(job) in (SUCCEEDED, FAILED) and _needs_pods(
+                stages.get(key.id), job["metadata"]["name"], attempt
+            ):
+                selector = f"{naming.JOB_NAME_LABEL}={job['metadata']['name']}"
+                pods = self.api.list("v1", "Pod", namespace, selector)
+            item = jobs_module.observe_job(job, pods)
+            if item is not None:
+                observed.append(item)
+        return observed
+
+    def _apply(
+        self,
+        ctx: jobs_module.RunContext,
+        state: _RunState,
+        action: Any,
+        requeue: float | None,
+    ) -> float | None:
+        ns, run = ctx.namespace, ctx.name
+        if isinstance(action, EnsureSpecConfigMap):
+            if not state.configmap:
+                self.api.create_or_adopt(jobs_module.spec_configmap(ctx))
+                state.configmap = True
+        elif isinstance(action, CreateJob):
+            for obj in jobs_module.stage_objects(ctx, action.key, action.attempt, action.suspend):
+                how = self.api.create_or_adopt(obj)
+                log.info("%s/%s: %s %s %s", ns, run, how, obj["kind"], obj["metadata"]["name"])
+        elif isinstance(action, SetJobSuspended):
+            self.api.set_job_suspended(ns, action.name, action.suspend)
+            log.info("%s/%s: Job %s suspend=%s", ns, run, action.name, action.suspend)
+        elif isinstance(action, StageFailed):
+            self.metrics.stage_failed(ns, run, action.key.round, action.key.stage)
+            log.warning(
+                "%s/%s: %s attempt %d failed%s: %s",
+                ns,
+                run,
+                action.key.id,
+                action.attempt,
+                "" if not action.final else " (no retries left)",
+                action.message,
+            )
+        elif isinstance(action, StageRetried):
+            self.metrics.stage_retried(ns, run, action.key.round, action.key.stage)
+        elif isinstance(action, RequeueAfter):
+            requeue = action.seconds if requeue is None else min(requeue, action.seconds)
+        return requeue
+
+    def _export(
+        self, namespace: str, name: str, status: Mapping[str, Any], state: _RunState
+    ) -> None:
+        """Level-based telemetry: phase and round, and each finished stage's summary once."""
+        phase = status.get("phase", "Pending")
+        self.metrics.set_phase(namespace, name, phase)
+        if isinstance(status.get("round"), int):
+            self.metrics.set_round(namespace, name, status["round"])
+        rounds = status.get("rounds") or []
+        for stage_id, entry in (status.get("stages") or {}).items():
+            key = _key_of(entry)
+            if key is None:
+                continue
+            if entry.get("state") == SUCCEEDED and stage_id not in state.observed:
+                if key.round is None:
+                    metrics = (status.get("base") or {}).get(key.stage) or {}
+                else:
+                    metrics = (
+                        rounds[key.round].get(key.stage) or {} if key.round < len(rounds) else {}
+                    )
+                self.metrics.observe_summary(
+                    namespace, name, key.round, key.stage, metrics, entry.get("durationSeconds")
+                )
+                state.observed.add(stage_id)
+            elif entry.get("state") in ACTIVE_STATES and entry.get("state") != BACKING_OFF:
+                marker = (stage_id, int(entry.get("attempt", 0)))
+                if marker not in state.started:
+                    started = parse_time(entry.get("startedAt"))
+                    at = started.timestamp() if started else time.time()
+                    self.metrics.stage_started(namespace, name, key.round, key.stage, at=at)
+                    state.started.add(marker)
+
+
+def _key_of(entry: Mapping[str, Any]) -> StageKey | None:
+    with contextlib.suppress(KeyError, ValueError, TypeError):
+        round_text = entry["round"]
+        return StageKey(None if round_text == "base" else int(round_text), entry["stage"])
+    return None
+
+
+def _needs_pods(entry: Mapping[str, Any] | None, job_name: str, attempt: int) -> bool:
+    """A finished Job's pods are read only until its outcome is recorded in the status."""
+    if entry is None:
+        return True
+    if int(entry.get("attempt", 0)) > attempt:
+        return False
+    return not (
+        entry.get("job") == job_name and entry.get("state") in (SUCCEEDED, FAILED, BACKING_OFF)
+    )

@@ -1,0 +1,447 @@
+"""Manifests of a run's children (spec ConfigMap, stage Jobs, headless Service) and the reading
+of finished Jobs (state, stage summaries from termination messages). Pure functions, no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from evoquality.spec import API_GROUP, API_VERSION, KIND, EvoQualityRunSpec, PodSpec, spec_to_dict
+
+from . import naming
+from .reconcile import FAILED, PENDING, RUNNING, SUCCEEDED, ObservedJob, StageKey
+
+SPEC_MOUNT = "/etc/evoquality"
+SPEC_FILE = f"{SPEC_MOUNT}/spec.json"
+SPEC_KEY = "spec.json"
+MODEL_CACHE = "/models"
+TERMINATION_LOG = "/dev/termination-log"
+RENDEZVOUS_PORT = 29500
+GPU = "nvidia.com/gpu"
+DEFAULT_IMAGES = {
+    "voter": "evoquality/voter:dev",
+    "trainer": "evoquality/trainer:dev",
+    "worker": "evoquality/worker:dev",
+}
+IMAGE_ENV = {
+    "voter": "EVOQUALITY_VOTER_IMAGE",
+    "trainer": "EVOQUALITY_TRAINER_IMAGE",
+    "worker": "EVOQUALITY_WORKER_IMAGE",
+}
+STAGE_IMAGE_KIND = {"vote": "voter", "eval": "voter", "train": "trainer", "rank": "worker"}
+
+
+@dataclass(frozen=True)
+class Images:
+    """Default container image per image kind (a stage's `pods.<stage>.image` wins)."""
+
+    voter: str = DEFAULT_IMAGES["voter"]
+    trainer: str = DEFAULT_IMAGES["trainer"]
+    worker: str = DEFAULT_IMAGES["worker"]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Images:
+        env = os.environ if env is None else env
+        return cls(
+            **{kind: env.get(var) or DEFAULT_IMAGES[kind] for kind, var in IMAGE_ENV.items()}
+        )
+
+    def for_stage(self, stage: str) -> str:
+        return getattr(self, STAGE_IMAGE_KIND[stage])
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What the manifests need to know about the run."""
+
+    namespace: str
+    name: str
+    uid: str
+    spec: EvoQualityRunSpec
+    images: Images = Images()
+
+
+def artifact_root(spec: EvoQualityRunSpec, namespace: str, run: str) -> str:
+    return f"{spec.storage.uri.rstrip('/')}/{namespace}/{run}"
+
+
+def owner_reference(ctx: RunContext) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": KIND,
+        "name": ctx.name,
+        "uid": ctx.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(ctx: RunContext, name: str, labels: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": ctx.namespace,
+        "labels": dict(labels),
+        "ownerReferences": [owner_reference(ctx)],
+    }
+
+
+def spec_configmap(ctx: RunContext) -> dict[str, Any]:
+    """`<run>-spec` with `spec.json`: the validated spec, camelCase, defaults filled in."""
+    labels = {
+        naming.MANAGED_BY_LABEL: naming.MANAGED_BY,
+        naming.RUN_LABEL: naming.label_value(ctx.name),
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(ctx, naming.spec_configmap_name(ctx.name), labels),
+        "data": {SPEC_KEY: json.dumps(spec_to_dict(ctx.spec), indent=2, sort_keys=True)},
+    }
+
+
+def _pod_settings(spec: EvoQualityRunSpec, stage: str) -> PodSpec:
+    return getattr(spec.pods, stage)
+
+
+def _resources(spec: EvoQualityRunSpec, stage: str, pod: PodSpec) -> dict[str, dict[str, str]]:
+    resources = {kind: dict(values) for kind, values in pod.resources.items()}
+    gpus = 0
+    if stage == "train":
+        gpus = spec.training.gpus_per_node
+    elif stage in ("vote", "eval") and spec.model.engine == "vllm":
+        gpus = spec.model.tensor_parallel
+    explicit = any(GPU in values for values in resources.values())
+    if gpus and not explicit:
+        resources.setdefault("limits", {})[GPU] = str(gpus)
+        resources.setdefault("requests", {})[GPU] = str(gpus)
+    return resources
+
+
+def _env(ctx: RunContext, pod: PodSpec, job_name: str) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "EVOQUALITY_ATTEMPT_ID", "value": job_name},
+        {"name": "HF_HOME", "value": MODEL_CACHE},
+    ]
+    if ctx.spec.storage.endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL_S3", "value": ctx.spec.storage.endpoint})
+    for var in pod.env:
+        if var.secret_name is not None:
+            ref = {"name": var.secret_name, "key": var.secret_key or var.name}
+            env.append({"name": var.name, "valueFrom": {"secretKeyRef": ref}})
+        else:
+            env.append({"name": var.name, "value": var.value})
+    return env
+
+
+def _stage_args(ctx: RunContext, key: StageKey) -> list[str]:
+    args = [
+        "stage",
+        key.stage,
+        "--run",
+        artifact_root(ctx.spec, ctx.namespace, ctx.name),
+        "--round",
+        naming.round_text(key.round),
+        "--spec",
+        SPEC_FILE,
+    ]
+    if key.stage == "vote":
+        # the shard index comes from JOB_COMPLETION_INDEX (set on every Indexed Job pod)
+        args += ["--num-shards", str(ctx.spec.voting.shards)]
+    return args
+
+
+def _command(ctx: RunContext, key: StageKey, job_name: str) -> tuple[list[str], list[str]]:
+    """(command, args) of the stage container."""
+    stage = _stage_args(ctx, key)
+    training = ctx.spec.training
+    if key.stage != "train" or (training.nodes == 1 and training.gpus_per_node <= 1):
+        return ["evoquality"], stage
+    per_node = str(max(training.gpus_per_node, 1))
+    if training.nodes == 1:
+        launcher = ["--standalone", "--nnodes", "1", "--nproc-per-node", per_node]
+    else:
+        service = naming.train_service_name(ctx.name, key.round or 0)
+        master = f"{job_name}-0.{service}"
+        launcher = [
+            "--nnodes",
+            str(training.nodes),
+            "--nproc-per-node",
+            per_node,
+            "--node-rank",
+            "$(NODE_RANK)",
+            "--master-addr",
+            master,
+            "--master-port",
+            str(RENDEZVOUS_PORT),
+        ]
+    return ["torchrun"], [*launcher, "--no-python", "evoquality", *stage]
+
+
+def stage_job(ctx: RunContext, key: StageKey, attempt: int, suspend: bool) -> dict[str, Any]:
+    """The Job of one attempt of one stage."""
+    spec = ctx.spec
+    pod = _pod_settings(spec, key.stage)
+    name = naming.job_name(ctx.name, key.round, key.stage, attempt)
+    labels = naming.stage_labels(ctx.name, key.round, key.stage, attempt)
+    if spec.queue_name:
+        labels[naming.KUEUE_QUEUE_LABEL] = spec.queue_name
+    command, args = _command(ctx, key, name)
+    env = _env(ctx, pod, name)
+    multi_node = key.stage == "train" and spec.training.nodes > 1
+    if multi_node:
+        env.append({"name": "NNODES", "value": str(spec.training.nodes)})
+        env.append(
+            {
+                "name": "NODE_RANK",
+                "valueFrom": {
+                    "fieldRef": {
+                        "fieldPath": f"metadata.annotations['{naming.COMPLETION_INDEX_ANNOTATION}']"
+                    }
+                },
+            }
+        )
+    env_from = [{"secretRef": {"name": s}} for s in pod.env_from_secrets]
+    if spec.storage.secret_name:
+        env_from.insert(0, {"secretRef": {"name": spec.storage.secret_name}})
+    container: dict[str, Any] = {
+        "name": "stage",
+        "image": pod.image or ctx.images.for_stage(key.stage),
+        "command": command,
+        "args": args,
+        "env": env,
+        "volumeMounts": [
+            {"name": "spec", "mountPath": SPEC_MOUNT, "readOnly": True},
+            {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "model-cache", "mountPath": MODEL_CACHE},
+        ],
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if env_from:
+        container["envFrom"] = env_from
+    resources = _resources(spec, key.stage, pod)
+    if resources:
+        container["resources"] = resources
+    if multi_node:
+        container["ports"] = [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}]
+    cache: dict[str, Any] = (
+        {"persistentVolumeClaim": {"claimName": spec.pods.model_cache_pvc}}
+        if spec.pods.model_cache_pvc
+        else {"emptyDir": {}}
+    )
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "containers": [container],
+        "volumes": [
+            {"name": "spec", "configMap": {"name": naming.spec_configmap_name(ctx.name)}},
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": pod.shm_size}},
+            {"name": "model-cache", **cache},
+        ],
+    }
+    if pod.node_selector:
+        pod_spec["nodeSelector"] = dict(pod.node_selector)
+    if pod.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in pod.tolerations]
+    if pod.affinity:
+        pod_spec["affinity"] = dict(pod.affinity)
+    if pod.priority_class_name:
+        pod_spec["priorityClassName"] = pod.priority_class_name
+    if pod.service_account_name:
+        pod_spec["serviceAccountName"] = pod.service_account_name
+    if pod.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": s} for s in pod.image_pull_secrets]
+    if multi_node:
+        pod_spec["subdomain"] = naming.train_service_name(ctx.name, key.round or 0)
+    job_spec: dict[str, Any] = {
+        "backoffLimit": 0,  # retries are the operator's attempts (counted, with backoff)
+        "suspend": suspend,
+        "podReplacementPolicy": "Failed",
+        "podFailurePolicy": {
+            "rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]
+        },
+        "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+    }
+    if key.stage == "vote":
+        shards = spec.voting.shards
+        job_spec.update(
+            completionMode="Indexed",
+            completions=shards,
+            parallelism=min(spec.voting.parallelism or shards, shards),
+        )
+    elif multi_node:
+        job_spec.update(
+            completionMode="Indexed",
+            completions=spec.training.nodes,
+            parallelism=spec.training.nodes,
+        )
+    if pod.active_deadline_seconds:
+        job_spec["activeDeadlineSeconds"] = pod.active_deadline_seconds
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _metadata(ctx, name, labels),
+        "spec": job_spec,
+    }
+
+
+def train_service(ctx: RunContext, round_index: int) -> dict[str, Any]:
+    """Headless Service giving the pods of a multi-node training Job stable DNS names."""
+    selector = {
+        naming.RUN_LABEL: naming.label_value(ctx.name),
+        naming.ROUND_LABEL: str(round_index),
+        naming.STAGE_LABEL: "train",
+    }
+    labels = {naming.MANAGED_BY_LABEL: naming.MANAGED_BY, **selector}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(ctx, naming.train_service_name(ctx.name, round_index), labels),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": selector,
+            "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT}],
+        },
+    }
+
+
+def stage_objects(ctx: RunContext, key: StageKey, attempt: int, suspend: bool) -> list[dict]:
+    """Everything one attempt needs, in creation order (Service before its Job's pods)."""
+    objects: list[dict[str, Any]] = []
+    if key.stage == "train" and ctx.spec.training.nodes > 1 and key.round is not None:
+        objects.append(train_service(ctx, key.round))
+    objects.append(stage_job(ctx, key, attempt, suspend))
+    return objects
+
+
+# ---------------------------------------------------------------------------------------------
+# reading Jobs and pods
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_summary(message: str | None) -> dict[str, Any] | None:
+    """The stage summary in a termination message: the last line that is a JSON summary."""
+    if not message:
+        return None
+    for line in reversed(message.strip().splitlines()):
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict) and "stage" in value and isinstance(value.get("metrics"), dict):
+            return value
+    return None
+
+
+def _terminated(pod: Mapping[str, Any]) -> Mapping[str, Any]:
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        state = (status.get("state") or {}).get("terminated")
+        if state:
+            return state
+        last = (status.get("lastState") or {}).get("terminated")
+        if last:
+            return last
+    return {}
+
+
+def _condition_true(job: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == kind and condition.get("status") == "True":
+            return condition
+    return None
+
+
+def job_state(job: Mapping[str, Any]) -> str:
+    if _condition_true(job, "Complete"):
+        return SUCCEEDED
+    if _condition_true(job, "Failed"):
+        return FAILED
+    return RUNNING if (job.get("status") or {}).get("active") else PENDING
+
+
+def job_key(job: Mapping[str, Any]) -> tuple[StageKey, int] | None:
+    labels = (job.get("metadata") or {}).get("labels") or {}
+    stage = labels.get(naming.STAGE_LABEL)
+    round_text = labels.get(naming.ROUND_LABEL)
+    try:
+        attempt = int(labels.get(naming.ATTEMPT_LABEL, "0"))
+        round_index = None if round_text == "base" else int(round_text or "")
+    except ValueError:
+        return None
+    if stage not in ("vote", "rank", "train", "eval"):
+        return None
+    return StageKey(round_index, stage), attempt
+
+
+def _finish_time(pod: Mapping[str, Any]) -> str:
+    return _terminated(pod).get("finishedAt") or ""
+
+
+def summaries_from_pods(pods: Iterable[Mapping[str, Any]]) -> tuple[dict[str, Any], ...]:
+    """Summaries of the succeeded pods, one per completion index (the latest pod of an index)."""
+    by_index: dict[str, tuple[str, dict[str, Any]]] = {}
+    for pod in pods:
+        if (pod.get("status") or {}).get("phase") != "Succeeded":
+            continue
+        summary = parse_summary(_terminated(pod).get("message"))
+        if summary is None:
+            continue
+        annotations = (pod.get("metadata") or {}).get("annotations") or {}
+        index = annotations.get(naming.COMPLETION_INDEX_ANNOTATION, "0")
+        finished = _finish_time(pod)
+        if index not in by_index or finished >= by_index[index][0]:
+            by_index[index] = (finished, summary)
+    return tuple(
+        by_index[i][1] for i in sorted(by_index, key=lambda i: int(i) if i.isdigit() else 0)
+    )
+
+
+def failure_message(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> str:
+    """The last failed pod's termination message (or reason), else the Job's Failed condition."""
+    failed = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"]
+    failed.sort(key=_finish_time)
+    for pod in reversed(failed):
+        state = _terminated(pod)
+        text = (state.get("message") or "").strip()
+        if text:
+            lines = text.splitlines()
+            return "\n".join(lines[-5:])[-1024:]
+        reason = state.get("reason") or (pod.get("status") or {}).get("reason")
+        if reason:
+            code = state.get("exitCode")
+            return f"{reason} (exit code {code})" if code is not None else str(reason)
+    condition = _condition_true(job, "Failed") or {}
+    parts = [condition.get("reason"), condition.get("message")]
+    return ": ".join(p for p in parts if p) or "the Job failed"
+
+
+def observe_job(
+    job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]] = ()
+) -> ObservedJob | None:
+    """An ObservedJob for one child Job; pods are needed only once it finished."""
+    parsed = job_key(job)
+    if parsed is None:
+        return None
+    key, attempt = parsed
+    status = job.get("status") or {}
+    state = job_state(job)
+    return ObservedJob(
+        name=job["metadata"]["name"],
+        key=key,
+        attempt=attempt,
+        state=state,
+        suspended=bool((job.get("spec") or {}).get("suspend")),
+        start_time=status.get("startTime"),
+        completion_time=status.get("completionTime"),
+        summaries=tuple(s for s in summaries_from_pods(pods) if s.get("stage") == key.stage)
+        if state == SUCCEEDED
+        else (),
+        message=failure_message(job, pods) if state == FAILED else "",
+    )

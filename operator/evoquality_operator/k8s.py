@@ -1,0 +1,185 @@
+"""The few Kubernetes API calls the operator makes, as raw JSON over the official client.
+
+Raw dicts (not the client's models) keep camelCase manifests as they are and skip the model
+deserialisation. Calls are synchronous: the handlers run them in worker threads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from evoquality import crd as crd_module
+from evoquality.spec import API_GROUP, API_VERSION, PLURAL
+
+log = logging.getLogger("evoquality_operator")
+MERGE_PATCH = "application/merge-patch+json"
+SCHEMA_ANNOTATION = "evoquality.io/schema-revision"
+_PATHS = {
+    ("batch/v1", "Job"): "/apis/batch/v1/namespaces/{ns}/jobs",
+    ("v1", "ConfigMap"): "/api/v1/namespaces/{ns}/configmaps",
+    ("v1", "Service"): "/api/v1/namespaces/{ns}/services",
+    ("v1", "Pod"): "/api/v1/namespaces/{ns}/pods",
+}
+RUNS_PATH = f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{{ns}}/{PLURAL}"
+
+
+def make_api_client() -> kubernetes.client.ApiClient:
+    """In-cluster service account when running in a pod, else the kubeconfig ($KUBECONFIG)."""
+    configuration = kubernetes.client.Configuration()
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        kubernetes.config.load_incluster_config(client_configuration=configuration)
+    else:
+        kubernetes.config.load_kube_config(client_configuration=configuration)
+    return kubernetes.client.ApiClient(configuration)
+
+
+class Api:
+    """JSON requests against the API server with the client's auth and TLS settings."""
+
+    def __init__(self, client: kubernetes.client.ApiClient, timeout_s: float = 30.0) -> None:
+        self.client = client
+        self.timeout_s = timeout_s
+
+    def close(self) -> None:
+        self.client.close()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        serialized = self.client.param_serialize(
+            method,
+            path,
+            query_params=list((query or {}).items()) or None,
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = self.client.call_api(*serialized, _request_timeout=self.timeout_s)
+        data = response.read()
+        if response.status >= 400:
+            raise ApiException(status=response.status, reason=response.reason, body=data.decode())
+        return json.loads(data) if data else {}
+
+    # --- reads -------------------------------------------------------------------------------
+
+    def get_run(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self.request("GET", f"{RUNS_PATH.format(ns=namespace)}/{quote(name)}")
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list(self, api_version: str, kind: str, namespace: str, selector: str) -> list[dict]:
+        path = _PATHS[(api_version, kind)].format(ns=namespace)
+        return self.request("GET", path, query={"labelSelector": selector}).get("items") or []
+
+    def get_crd(self, name: str = crd_module.CRD_NAME) -> dict[str, Any] | None:
+        path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"
+        try:
+            return self.request("GET", path)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    # --- writes ------------------------------------------------------------------------------
+
+    def create_or_adopt(self, obj: Mapping[str, Any]) -> str:
+        """Create `obj`; when it exists already (409), adopt it. Returns "created"/"adopted"."""
+        meta = obj["metadata"]
+        path = _PATHS[(obj["apiVersion"], obj["kind"])].format(ns=meta["namespace"])
+        try:
+            self.request("POST", path, body=obj)
+            return "created"
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        existing = self.request("GET", f"{path}/{quote(meta['name'])}")
+        owners = {o.get("uid") for o in existing.get("metadata", {}).get("ownerReferences") or []}
+        wanted = {o.get("uid") for o in meta.get("ownerReferences") or []}
+        if wanted and not owners & wanted:
+            log.warning(
+                "%s %s/%s exists but belongs to another owner; adopting it as is",
+                obj["kind"],
+                meta["namespace"],
+                meta["name"],
+            )
+        return "adopted"
+
+    def set_job_suspended(self, namespace: str, name: str, suspend: bool) -> None:
+        path = f"{_PATHS[('batch/v1', 'Job')].format(ns=namespace)}/{quote(name)}"
+        self.request("PATCH", path, body={"spec": {"suspend": suspend}}, content_type=MERGE_PATCH)
+
+    def patch_run_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        path = f"{RUNS_PATH.format(ns=namespace)}/{quote(name)}/status"
+        self.request("PATCH", path, body={"status": patch}, content_type=MERGE_PATCH)
+
+
+def merge_patch(old: Any, new: Any) -> Any:
+    """The JSON merge patch (RFC 7386) turning `old` into `new`; None when they are equal."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        patch: dict[str, Any] = {}
+        for key in old.keys() - new.keys():
+            patch[key] = None
+        for key, value in new.items():
+            if key not in old:
+                patch[key] = value
+            else:
+                sub = merge_patch(old[key], value)
+                if sub is not None:
+                    patch[key] = sub
+        return patch or None
+    return None if old == new else new
+
+
+def check_crd_revision(
+    crd: Mapping[str, Any] | None, expected: str = crd_module.SCHEMA_REVISION
+) -> tuple[bool, str]:
+    """(may start, log line) for the installed CRD's schema revision annotation.
+
+    Refuses an older (or unmarked) CRD: the operator would write status fields or read spec fields
+    the API server prunes. A newer CRD is allowed with a warning (schema changes are additive
+    within a revision line).
+    """
+    if crd is None:
+        return False, (
+            f"CustomResourceDefinition {crd_module.CRD_NAME} is not installed; "
+            "apply crds/evoqualityrun.yaml (or install the Helm chart) first"
+        )
+    annotations = (crd.get("metadata") or {}).get("annotations") or {}
+    found = annotations.get(SCHEMA_ANNOTATION)
+    try:
+        installed, wanted = int(found), int(expected)
+    except (TypeError, ValueError):
+        return False, (
+            f"CRD {crd_module.CRD_NAME} has no valid {SCHEMA_ANNOTATION} annotation "
+            f"(found {found!r}, this operator needs revision {expected}); upgrade the CRD: "
+            "kubectl apply -f crds/evoqualityrun.yaml"
+        )
+    if installed < wanted:
+        return False, (
+            f"CRD {crd_module.CRD_NAME} schema revision {installed} is older than the revision "
+            f"{wanted} this operator needs; refusing to start. Upgrade the CRD first: "
+            "kubectl apply -f crds/evoqualityrun.yaml (Helm does not upgrade CRDs)"
+        )
+    if installed > wanted:
+        return True, (
+            f"CRD {crd_module.CRD_NAME} schema revision {installed} is newer than this operator's "
+            f"{wanted}; consider upgrading the operator"
+        )
+    return True, f"CRD {crd_module.CRD_NAME} schema revision {installed} matches"
