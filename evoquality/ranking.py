@@ -143,9 +143,13 @@ def fit_bradley_terry(
         jacobi = LinearOperator(upper.shape, matvec=lambda x, d=diagonal: x / d)
         step, _ = cg(hessian, grad, rtol=_CG_RTOL, M=jacobi)
         scale = 1.0
-        while (new_value := objective(s + scale * step)) > value and scale > 1e-6:
-            scale *= 0.5  # damping: Newton's step overshoots far from the optimum
-        print(scale, np.abs(step).max(), np.abs(grad).max()); s, value = s + scale * step, new_value
+        # damping: far from the optimum Newton's step can overshoot; the slack ignores rounding
+        # noise of the objective, which near the optimum exceeds the decrease of a good step
+        while (new_value := objective(s + scale * step)) > value + 1e-12 * abs(value):
+            scale *= 0.5
+            if scale < 1e-6:
+                break
+        s, value = s + scale * step, new_value
         if np.max(np.abs(step), initial=0.0) < tol:
             break
     return s - s.mean()

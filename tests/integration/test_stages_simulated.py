@@ -61,7 +61,9 @@ def run_all(root, spec_file, shards):
 def test_vote_rank_recovers_a_known_ranking_at_scale(pool, capsys):
     n = 100_000
     mos = write_pool(pool / "pool.csv", n)
-    spec = simulated_spec(pool / "pool.csv", pool / "runs", pairsPerRound=300_000, sampler="balanced")
+    spec = simulated_spec(
+        pool / "pool.csv", pool / "runs", pairsPerRound=300_000, sampler="balanced"
+    )
     spec_file = pool / "spec.yaml"
     spec_file.write_text(yaml.safe_dump(spec))
     root = str(pool / "runs" / "default" / "big")
@@ -69,7 +71,9 @@ def test_vote_rank_recovers_a_known_ranking_at_scale(pool, capsys):
 
     store = open_store(root)
     shards = artifacts.read_shard_summaries(store, "vote", 0, 2).require()
-    tables = [artifacts.read_table(store, artifacts.resolve(store, s, "votes.parquet")) for s in shards]
+    tables = [
+        artifacts.read_table(store, artifacts.resolve(store, s, "votes.parquet")) for s in shards
+    ]
     pair_ids = np.concatenate([t["pair_id"].to_numpy() for t in tables])
     assert np.array_equal(pair_ids, np.arange(300_000)), "shards must partition the plan"
     assert all(t["abstain"].to_numpy().sum() == 0 for t in tables)
