@@ -152,6 +152,11 @@ def load_processor(
             f"processor of {model_path} kept pixel caps {got}, expected {(min_pixels, max_pixels)}"
         )
     processor.tokenizer.padding_side = "left"
+    # from_pretrained also hands the caps to the tokenizer, whose init kwargs the processor then
+    # passes to every image-processor call (a FutureWarning in 5.20, an error from 5.23): the caps
+    # already live in image_processor.size, so drop the copies.
+    for key in ("min_pixels", "max_pixels"):
+        processor.tokenizer.init_kwargs.pop(key, None)
     return processor
 
 

@@ -7,7 +7,8 @@ order and each pair in random orientation, deterministic for a seed and vectoris
 - ``random``: uniform distinct pairs (the paper's design).
 - ``balanced``: every image in the same number of pairs +-1. A circulant graph on a random
   permutation (exact degrees, no duplicates) randomised by degree-preserving double-edge swaps,
-  which brings it close to a random regular graph (good connectivity for global ranking).
+  which brings it close to a random regular graph, around a Hamiltonian-cycle backbone that keeps
+  it connected from n pairs on (good for global ranking).
 - ``same-reference``: uniform distinct pairs inside groups (e.g. the distorted variants of one
   reference image: the paper's round 2).
 - ``adaptive``: neighbours in the order of ``prev_scores`` (the previous round's global scores),
@@ -130,39 +131,58 @@ def _enumerate_within_groups(sizes: np.ndarray, starts: np.ndarray) -> np.ndarra
 
 
 def _balanced(n: int, n_pairs: int, rng: np.random.Generator) -> np.ndarray:
-    """Pairs in which every image appears the same number of times +-1."""
+    """Pairs in which every image appears the same number of times +-1.
+
+    Layers of a circulant graph on a random permutation: offset r joins positions p and p + r.
+    Offsets 1..(n-1)//2 give n distinct pairs each (2 per image), offset n/2 (even n) a perfect
+    matching. With at least n pairs, offset 1 (a Hamiltonian cycle) is a backbone kept out of the
+    edge swaps, so the design stays connected; a partial layer uses a cycle of another offset
+    coprime with n (or offset 1 when there is none).
+    """
     n_pairs = min(n_pairs, n * (n - 1) // 2)
-    perm = rng.permutation(n)
-    n_full_offsets = (n - 1) // 2  # offsets 1..(n-1)//2 each give n distinct edges
+    n_full_offsets = (n - 1) // 2
     n_layers, rest = divmod(n_pairs, n)
-    if n_layers < n_full_offsets:
-        # random full offsets (offset 1 is kept for the partial layer: one Hamiltonian cycle)
-        full = 2 + rng.choice(n_full_offsets - 1, size=n_layers, replace=False)
-        partial = _partial_cycle(n, rest)
-    else:  # all full offsets used; the rest comes from the perfect matching of offset n/2
-        full = np.arange(1, n_full_offsets + 1)
-        half = np.arange(n // 2)[:rest]
+    offsets = np.arange(1, n_full_offsets + 1)
+    coprime = offsets[np.gcd(offsets, n) == 1][1:]  # other than offset 1
+    if n_layers >= n_full_offsets:  # every full offset; the rest from the matching of offset n/2
+        full, half = offsets, np.arange(n // 2)[:rest]
         partial = np.stack((half, half + n // 2), axis=1)
+    else:
+        partial_offset = rng.choice(coprime) if n_layers and len(coprime) else 1
+        others = offsets[(offsets != 1) & (offsets != partial_offset)]
+        full = rng.choice(others, size=n_layers - (partial_offset != 1), replace=False)
+        full = np.concatenate(([1] if partial_offset != 1 else [], full)).astype(np.int64)
+        partial = _partial_cycle(n, rest, partial_offset)
     start = np.tile(np.arange(n), len(full))
     layers = np.stack((start, (start + np.repeat(full, n)) % n), axis=1)
+    perm = rng.permutation(n)
+    backbone = n if len(full) and full[0] == 1 else 0
     edges = perm[np.concatenate((layers, partial))]
-    return _double_edge_swaps(edges, n, rng)
+    return np.concatenate((edges[:backbone], _double_edge_swaps(edges[backbone:], edges, n, rng)))
 
 
-def _partial_cycle(n: int, n_edges: int) -> np.ndarray:
-    """``n_edges`` (< n) edges of the cycle 0-1-...-(n-1)-0 with degrees differing by at most 1.
+def _partial_cycle(n: int, n_edges: int, offset: int) -> np.ndarray:
+    """``n_edges`` (< n) edges of the cycle 0, r, 2r, ... (r = offset coprime with n), every
+    position's count differing by at most 1.
 
     Up to n//2 edges: a matching (every other edge). More: the whole cycle minus a matching.
     """
     steps = np.arange(n)
     matching = np.arange(0, 2 * min(n_edges, n - n_edges), 2)
     chosen = matching if 2 * n_edges <= n else np.setdiff1d(steps, matching)
-    return np.stack((chosen, (chosen + 1) % n), axis=1)
+    return np.stack((chosen * offset % n, (chosen + 1) * offset % n), axis=1)
 
 
-def _double_edge_swaps(edges: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Randomise a simple graph keeping every degree: (a,b),(c,d) -> (a,d),(c,b) in batches."""
+def _double_edge_swaps(
+    edges: np.ndarray, all_edges: np.ndarray, n: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Randomise ``edges`` keeping every degree: (a,b),(c,d) -> (a,d),(c,b) in batches.
+
+    A swap is refused when it would create a loop or a pair already in ``all_edges`` (which
+    includes ``edges``) or proposed twice in the batch.
+    """
     edges = edges.copy()
+    fixed = all_edges[: len(all_edges) - len(edges)]
     for _ in range(_SWAP_SWEEPS):
         if len(edges) < 2:
             break
@@ -174,7 +194,7 @@ def _double_edge_swaps(edges: np.ndarray, n: int, rng: np.random.Generator) -> n
         d = np.where(flip, edges[e2, 0], edges[e2, 1])
         k1 = np.minimum(a, d) * n + np.maximum(a, d)
         k2 = np.minimum(c, b) * n + np.maximum(c, b)
-        current = np.sort(pair_keys(edges, n))
+        current = np.sort(pair_keys(np.concatenate((fixed, edges)), n))
         proposed, counts = np.unique(np.concatenate((k1, k2)), return_counts=True)
         unique_new = proposed[counts == 1]
         ok = (a != d) & (c != b)

@@ -277,7 +277,11 @@ class Operator:
                 if marker not in state.started:
                     started = parse_time(entry.get("startedAt"))
                     at = started.timestamp() if started else time.time()
-                    self.metrics.stage_started(namespace, name, key.round, key.stage, at=at)
+                    # called through the class: in evoquality.telemetry the Gauge attribute
+                    # `stage_started` shadows the method of the same name on instances
+                    RunMetrics.stage_started(
+                        self.metrics, namespace, name, key.round, key.stage, at=at
+                    )
                     state.started.add(marker)
 
 

@@ -26,7 +26,7 @@ from evoquality.telemetry import RunMetrics
 
 from . import naming
 from .controller import Operator, OperatorConfig
-from .k8s import Api, check_crd_revision, make_api_client
+from .k8s import Api, check_crd_revision, connection_info, load_configuration, make_api_client
 
 log = logging.getLogger("evoquality_operator")
 RUNS = (API_GROUP, API_VERSION, PLURAL)
@@ -42,6 +42,12 @@ class CRDTooOld(kopf.PermanentError):
 def configure(config: OperatorConfig) -> None:
     global _configured
     _configured = config
+
+
+@kopf.on.login()
+def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+    """Log kopf in exactly as the operator's own API client (service account or $KUBECONFIG)."""
+    return connection_info(load_configuration(), trust_env=settings.networking.trust_env)
 
 
 @kopf.on.startup()

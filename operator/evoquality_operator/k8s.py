@@ -31,14 +31,48 @@ _PATHS = {
 RUNS_PATH = f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{{ns}}/{PLURAL}"
 
 
-def make_api_client() -> kubernetes.client.ApiClient:
-    """In-cluster service account when running in a pod, else the kubeconfig ($KUBECONFIG)."""
+def load_configuration() -> kubernetes.client.Configuration:
+    """In-cluster service account when running in a pod, else the kubeconfig.
+
+    $KUBECONFIG is read at call time (the client library reads it once, at import).
+    """
     configuration = kubernetes.client.Configuration()
     if os.environ.get("KUBERNETES_SERVICE_HOST"):
         kubernetes.config.load_incluster_config(client_configuration=configuration)
     else:
-        kubernetes.config.load_kube_config(client_configuration=configuration)
-    return kubernetes.client.ApiClient(configuration)
+        kubernetes.config.load_kube_config(
+            config_file=os.environ.get("KUBECONFIG") or None, client_configuration=configuration
+        )
+    return configuration
+
+
+def make_api_client() -> kubernetes.client.ApiClient:
+    return kubernetes.client.ApiClient(load_configuration())
+
+
+def connection_info(configuration: kubernetes.client.Configuration, trust_env: bool = False):
+    """The client's credentials as kopf's ConnectionInfo (kopf and the client log in alike)."""
+    import kopf
+
+    header = configuration.get_api_key_with_prefix(
+        "BearerToken"
+    ) or configuration.get_api_key_with_prefix("authorization")
+    parts = header.split(" ", 1) if header else []
+    scheme, token = (
+        (None, None) if not parts else (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+    )
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        username=configuration.username or None,
+        password=configuration.password or None,
+        scheme=scheme,
+        token=token,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+        trust_env=trust_env,
+    )
 
 
 class Api:

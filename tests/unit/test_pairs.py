@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.sparse import coo_array
+from scipy.sparse.csgraph import connected_components
 
 from evoquality.pairs import SAMPLERS, pair_keys, plan_pairs, shard_bounds
 
@@ -152,3 +154,11 @@ def test_shards_partition_the_pairs_exactly(n_pairs, num_shards):
 def test_shard_out_of_range_is_rejected(shard, num_shards):
     with pytest.raises(ValueError):
         shard_bounds(10, shard, num_shards)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(3, 80), per_image=st.floats(1.0, 4.0), seed=st.integers(0, 2**31))
+def test_balanced_designs_with_n_pairs_or_more_are_connected(n, per_image, seed):
+    pairs = plan_pairs(n, int(per_image * n), "balanced", seed)
+    graph = coo_array((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    assert connected_components(graph, directed=False)[0] == 1
