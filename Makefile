@@ -15,7 +15,7 @@ install:
 	$(BIN)/python tools/install_helm.py
 
 lint:
-	$(BIN)/ruff check evoquality operator tests benchmarks
+	$(BIN)/ruff check evoquality operator tests benchmarks tools charts/evoquality/files
 
 test: lint
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -ra --durations=15

@@ -70,7 +70,7 @@ class RunMetrics:
             RUN,
             registry=reg,
         )
-        self.stage_started = Gauge(
+        self.stage_start_time = Gauge(
             "evoquality_stage_started_timestamp_seconds",
             "Unix time the running stage started (0 when none runs).",
             (*ROUND, "stage"),
@@ -129,7 +129,7 @@ class RunMetrics:
         self, namespace: str, run: str, round_index: int | None, stage: str, at: float | None = None
     ) -> None:
         labels = (namespace, run, round_label(round_index), stage)
-        self.stage_started.labels(*labels).set(time.time() if at is None else at)
+        self.stage_start_time.labels(*labels).set(time.time() if at is None else at)
 
     def stage_failed(self, namespace: str, run: str, round_index: int | None, stage: str) -> None:
         self.failures.labels(namespace, run, round_label(round_index), stage).inc()
@@ -151,7 +151,7 @@ class RunMetrics:
         labels = (namespace, run, rnd, stage)
         if duration_s is not None:
             self.duration.labels(*labels).set(duration_s)
-        self.stage_started.labels(*labels).set(0)
+        self.stage_start_time.labels(*labels).set(0)
         self.progress.labels(namespace, run).set(time.time())
         for key, name in ROUND_GAUGES.get(stage, {}).items():
             value = metrics.get(key)

@@ -207,14 +207,13 @@ def _lora_config(spec: EvoQualityRunSpec):
     )
 
 
-def _make_callback(on_step, on_save, generation_rows: int):
+def _make_callback(on_step, on_save):
     from transformers import TrainerCallback
 
     class _RoundCallback(TrainerCallback):
         def __init__(self) -> None:
             self.steps: list[dict[str, Any]] = []
             self._last = time.perf_counter()
-            self._completion_tokens = 0.0
 
         def on_step_begin(self, args, state, control, **kwargs):
             if not self.steps and state.global_step == 0:
@@ -228,9 +227,13 @@ def _make_callback(on_step, on_save, generation_rows: int):
             seconds, self._last = now - self._last, now
             mean_length = logs.get("completions/mean_length")
             tokens = None
-            if mean_length is not None:
-                tokens = float(mean_length) * generation_rows / max(args.steps_per_generation, 1)
-                self._completion_tokens += tokens
+            if mean_length is not None:  # completions of one optimizer step, all ranks
+                completions = (
+                    args.per_device_train_batch_size
+                    * args.gradient_accumulation_steps
+                    * args.world_size
+                )
+                tokens = float(mean_length) * completions
             record = {
                 "step": state.global_step,
                 "epoch": logs.get("epoch"),
@@ -244,6 +247,7 @@ def _make_callback(on_step, on_save, generation_rows: int):
                 "score_parse_rate": logs.get("score_parse_rate"),
                 "frac_reward_zero_std": logs.get("frac_reward_zero_std"),
                 "step_seconds": seconds,
+                "trl_step_time": logs.get("step_time"),
                 "tokens_per_s": (tokens / seconds) if tokens and seconds > 0 else None,
             }
             record = {k: _scalar(v) for k, v in record.items()}
@@ -309,7 +313,7 @@ def train_round(
         model_path, spec.model.min_pixels, spec.model.max_pixels, revision=spec.model.revision
     )
     dataset = build_dataset(rows, spec.model.reasoning)
-    callback = _make_callback(on_step, on_save, args.generation_batch_size // args.world_size)
+    callback = _make_callback(on_step, on_save)
     trainer_cls = make_pair_trainer_class()
     trainer = trainer_cls(
         model=model_path,

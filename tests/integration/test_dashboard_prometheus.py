@@ -93,7 +93,7 @@ def test_promtool_check_and_unit_test_rules(helm, promtool_bin: str, tmp_path: P
 def start_stage(metrics: RunMetrics, ns, run, round_index, stage, at=None) -> None:
     # Through the class: in evoquality/telemetry.py the instance attribute `stage_started` (the
     # Gauge) shadows the method of the same name, so `metrics.stage_started(...)` raises TypeError.
-    RunMetrics.stage_started(metrics, ns, run, round_index, stage, at=at)
+    metrics.stage_started(ns, run, round_index, stage, at=at)
 
 
 def feed(metrics: RunMetrics) -> None:

@@ -1,4 +1,4 @@
-"""The tiny model: offline build, reload, generation, determinism; model resolution; processor caps."""
+"""The tiny model: offline build, reload, generation, determinism; model resolution; pixel caps."""
 
 from __future__ import annotations
 
@@ -57,7 +57,9 @@ def test_tiny_model_reloads_offline_and_generates(tiny_model_dir):
         assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 2 * n_images * 4
         torch.manual_seed(0)
         out = model.generate(**inputs, max_new_tokens=40, do_sample=True, num_return_sequences=3)
-        texts = processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        texts = processor.batch_decode(
+            out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+        )
         assert len(texts) == 6 and all(isinstance(t, str) for t in texts)
         parsed += [parse(t) for t in texts]
     # The format warm-up makes most answers parseable (the values themselves are noise).

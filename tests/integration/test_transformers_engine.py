@@ -65,7 +65,7 @@ def test_missing_pixels_is_a_clear_error(engine):
 
 
 def test_engine_prompt_is_the_trainer_prompt(engine):
-    """The GRPO dataset's prompt, rendered the way TRL renders it, is the engine's scoring prompt."""
+    """The GRPO dataset's prompt, rendered as TRL renders it, is the engine's scoring prompt."""
     from trl.data_utils import prepare_multimodal_messages
 
     from evoquality.training.grpo import scoring_messages
