@@ -102,7 +102,7 @@ def _plot_steps(data: dict, path: Path) -> None:
     offset = 0
     for r, steps in sorted(data["steps"].items()):
         xs = [offset + i + 1 for i in range(len(steps))]
-        for ax, key in zip(axes, ("reward", "kl"), strict=True):
+        for ax, key in zip(axes, ("reward_mean", "kl"), strict=True):
             ax.plot(xs, [s.get(key, float("nan")) for s in steps], marker=".", label=f"round {r}")
         offset += len(steps)
     for ax, title in zip(axes, ("fidelity reward", "KL to reference"), strict=True):

@@ -93,8 +93,8 @@ class Store(ABC):
         """A store rooted at `prefix` under this one."""
 
     def uri_for(self, key: str) -> str:
-        """The full URI of `key`."""
-        return f"{self.uri.rstrip('/')}/{check_key(key)}"
+        """The full URI of `key` (or of a folder prefix ending in '/')."""
+        return f"{self.uri.rstrip('/')}/{check_key(key, prefix=True)}"
 
     def put_dir(self, prefix: str, directory: Path) -> list[str]:
         """Upload every file below `directory` to `prefix/<relative path>`; returns the keys."""

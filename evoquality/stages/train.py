@@ -147,7 +147,7 @@ def run(ctx: StageContext) -> dict:
     metrics = {k: _clean(v) for k, v in result.items() if isinstance(v, int | float | str | bool)}
     metrics["pairs"] = len(rows) // 2
     metrics["resumed"] = previous is not None
-    metrics["checkpoint"] = ctx.uri(attempt.key("checkpoint/"))
+    metrics["checkpoint"] = ctx.uri(attempt.key("checkpoint"))
     return attempt.commit({"metrics": metrics})
 
 
@@ -166,7 +166,7 @@ def carry_over(ctx: StageContext, attempt: artifacts.StageAttempt, model_path: s
     attempt.put_dir("checkpoint", Path(model_path))
     attempt.put_bytes(STEPS_LOG, b"")
     metrics = {"steps": 0, "pairs": 0, "carried_over": True}
-    metrics["checkpoint"] = ctx.uri(attempt.key("checkpoint/"))
+    metrics["checkpoint"] = ctx.uri(attempt.key("checkpoint"))
     return attempt.commit({"metrics": metrics})
 
 

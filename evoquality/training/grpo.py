@@ -214,9 +214,11 @@ def _make_callback(on_step, on_save):
         def __init__(self) -> None:
             self.steps: list[dict[str, Any]] = []
             self._last = time.perf_counter()
+            self._started = False
 
         def on_step_begin(self, args, state, control, **kwargs):
-            if not self.steps and state.global_step == 0:
+            if not self._started:  # the first step's clock starts here, not at model loading
+                self._started = True
                 self._last = time.perf_counter()
 
         def on_log(self, args, state, control, logs=None, **kwargs):

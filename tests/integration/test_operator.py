@@ -24,16 +24,26 @@ NS = "ml"
 RUNS_PATH = f"/apis/evoquality.io/v1alpha1/namespaces/{NS}/evoqualityruns"
 MANAGED = "app.kubernetes.io/managed-by=evoquality-operator"
 FULL_PLAN = [
-    "demo-base-eval", "demo-r0-vote", "demo-r0-rank", "demo-r0-train", "demo-r0-eval",
-    "demo-r1-vote", "demo-r1-rank", "demo-r1-train", "demo-r1-eval",
+    "demo-base-eval",
+    "demo-r0-vote",
+    "demo-r0-rank",
+    "demo-r0-train",
+    "demo-r0-eval",
+    "demo-r1-vote",
+    "demo-r1-rank",
+    "demo-r1-train",
+    "demo-r1-eval",
 ]
 
 
 def run_manifest(name: str = "demo", **spec: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "data": {"manifest": "s3://pool/images.csv"},
-        "storage": {"uri": "s3://artifacts/runs/", "endpoint": "http://minio:9000",
-                    "secretName": "s3-creds"},
+        "storage": {
+            "uri": "s3://artifacts/runs/",
+            "endpoint": "http://minio:9000",
+            "secretName": "s3-creds",
+        },
         "rounds": 2,
         "voting": {"shards": 2},
         "evaluation": {
@@ -44,8 +54,12 @@ def run_manifest(name: str = "demo", **spec: Any) -> dict[str, Any]:
         "pods": {"vote": {"envFromSecrets": ["hf-token"], "shmSize": "8Gi"}},
     }
     body.update(spec)
-    return {"apiVersion": "evoquality.io/v1alpha1", "kind": "EvoQualityRun",
-            "metadata": {"name": name, "namespace": NS}, "spec": body}
+    return {
+        "apiVersion": "evoquality.io/v1alpha1",
+        "kind": "EvoQualityRun",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": body,
+    }
 
 
 def stage_metrics(job: dict[str, Any], index: int) -> dict[str, Any]:
@@ -54,17 +68,35 @@ def stage_metrics(job: dict[str, Any], index: int) -> dict[str, Any]:
     r = labels["evoquality.io/round"]
     k = -1 if r == "base" else int(r)
     if stage == "vote":
-        return {"pairs": 50 + 50 * index, "votes": 400 + 400 * index,
-                "agreement": 0.7 + 0.1 * index + 0.01 * k, "abstention_rate": 0.02,
-                "position_bias": 0.51, "tie_rate": 0.05, "pairs_per_s": 2.0}
+        return {
+            "pairs": 50 + 50 * index,
+            "votes": 400 + 400 * index,
+            "agreement": 0.7 + 0.1 * index + 0.01 * k,
+            "abstention_rate": 0.02,
+            "position_bias": 0.51,
+            "tie_rate": 0.05,
+            "pairs_per_s": 2.0,
+        }
     if stage == "rank":
         return {"labels": 140 + k, "tie_rate": 0.05, "agreement": 0.8, "abstention_rate": 0.02}
     if stage == "train":
-        return {"reward_mean": 0.6 + 0.1 * k, "reward_std": 0.1, "kl": 0.01 * (k + 1),
-                "loss": 0.3, "steps": 10, "checkpoint": f"s3://artifacts/ckpt-{k}"}
-    return {"syniqa.srcc": 0.5 + 0.1 * k, "syniqa.plcc": 0.55 + 0.1 * k,
-            "syniqa.krcc": 0.4, "wavg.srcc": 0.5 + 0.1 * k, "wavg.plcc": 0.55 + 0.1 * k,
-            "validation.srcc": 0.6 + 0.1 * k, "validation.plcc": 0.6}
+        return {
+            "reward_mean": 0.6 + 0.1 * k,
+            "reward_std": 0.1,
+            "kl": 0.01 * (k + 1),
+            "loss": 0.3,
+            "steps": 10,
+            "checkpoint": f"s3://artifacts/ckpt-{k}",
+        }
+    return {
+        "syniqa.srcc": 0.5 + 0.1 * k,
+        "syniqa.plcc": 0.55 + 0.1 * k,
+        "syniqa.krcc": 0.4,
+        "wavg.srcc": 0.5 + 0.1 * k,
+        "wavg.plcc": 0.55 + 0.1 * k,
+        "validation.srcc": 0.6 + 0.1 * k,
+        "validation.plcc": 0.6,
+    }
 
 
 def succeed_all(job: dict[str, Any]) -> tuple[str, Any]:
@@ -109,9 +141,13 @@ def metric(values: dict, name: str, **labels: str) -> float | None:
     return values.get((name, frozenset(labels.items())))
 
 
-def drive(cluster: ClusterHandle, controller: JobController, name: str = "demo",
-          until: Callable[[dict], bool] = lambda st: st.get("phase") in ("Succeeded", "Failed"),
-          timeout: float = 30.0) -> list[tuple]:
+def drive(
+    cluster: ClusterHandle,
+    controller: JobController,
+    name: str = "demo",
+    until: Callable[[dict], bool] = lambda st: st.get("phase") in ("Succeeded", "Failed"),
+    timeout: float = 30.0,
+) -> list[tuple]:
     """Play the Job controller until `until(status)`; finishes a Job only once the operator has
     seen it running. Returns the (phase, round, stage) history."""
     history: list[tuple] = []
@@ -125,9 +161,10 @@ def drive(cluster: ClusterHandle, controller: JobController, name: str = "demo",
             return history
         if time.monotonic() > deadline:
             raise AssertionError(f"run {name} stuck: {json.dumps(status)[:2000]}")
-        running = {e["job"] for e in (status.get("stages") or {}).values()
-                   if e.get("state") == "Running"}
-        controller.tick(finish=lambda job: job["metadata"]["name"] in running)
+        running = {
+            e["job"] for e in (status.get("stages") or {}).values() if e.get("state") == "Running"
+        }
+        controller.tick(finish=lambda job, names=running: job["metadata"]["name"] in names)
         time.sleep(0.05)
 
 
@@ -143,8 +180,15 @@ def test_two_round_run_succeeds_with_status_children_and_metrics(cluster: Cluste
     assert history[0][0] in (None, "Pending")
     assert ("Pending", 0, "vote") in history
     order = [(r, s) for p, r, s in history if p == "Running"]
-    expected = [(0, "vote"), (0, "rank"), (0, "train"), (1, "vote"), (1, "rank"), (1, "train"),
-                (1, "eval")]
+    expected = [
+        (0, "vote"),
+        (0, "rank"),
+        (0, "train"),
+        (1, "vote"),
+        (1, "rank"),
+        (1, "train"),
+        (1, "eval"),
+    ]
     firsts = sorted(set(order), key=order.index)
     assert [x for x in firsts if x in expected] == expected
     assert status["phase"] == "Succeeded"
@@ -178,17 +222,29 @@ def test_two_round_run_succeeds_with_status_children_and_metrics(cluster: Cluste
     vote = jobs["demo-r0-vote"]
     assert vote["spec"]["completionMode"] == "Indexed" and vote["spec"]["completions"] == 2
     assert vote["spec"]["podFailurePolicy"]["rules"][0]["onPodConditions"][0]["type"] == (
-        "DisruptionTarget")
+        "DisruptionTarget"
+    )
     container = vote["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "registry.local/voter:1"
-    assert container["args"] == ["stage", "vote", "--run", "s3://artifacts/runs/ml/demo",
-                                 "--round", "0", "--spec", "/etc/evoquality/spec.json",
-                                 "--num-shards", "2"]
+    assert container["args"] == [
+        "stage",
+        "vote",
+        "--run",
+        "s3://artifacts/runs/ml/demo",
+        "--round",
+        "0",
+        "--spec",
+        "/etc/evoquality/spec.json",
+        "--num-shards",
+        "2",
+    ]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["EVOQUALITY_ATTEMPT_ID"] == "demo-r0-vote"
     assert env["AWS_ENDPOINT_URL_S3"] == "http://minio:9000"
-    assert container["envFrom"] == [{"secretRef": {"name": "s3-creds"}},
-                                    {"secretRef": {"name": "hf-token"}}]
+    assert container["envFrom"] == [
+        {"secretRef": {"name": "s3-creds"}},
+        {"secretRef": {"name": "hf-token"}},
+    ]
     assert jobs["demo-base-eval"]["metadata"]["labels"]["evoquality.io/round"] == "base"
     configmaps = cluster.api.list("v1", "ConfigMap", NS, "evoquality.io/run=demo")
     assert [c["metadata"]["name"] for c in configmaps] == ["demo-spec"]
@@ -203,20 +259,24 @@ def test_two_round_run_succeeds_with_status_children_and_metrics(cluster: Cluste
     for r, entry in enumerate(status["rounds"]):
         rl = {**lab, "round": str(r)}
         assert metric(values, "evoquality_vote_agreement", **rl) == pytest.approx(
-            entry["vote"]["agreement"])
+            entry["vote"]["agreement"]
+        )
         assert metric(values, "evoquality_vote_abstention_ratio", **rl) == pytest.approx(
-            entry["vote"]["abstention_rate"])
+            entry["vote"]["abstention_rate"]
+        )
         assert metric(values, "evoquality_pseudo_labels", **rl) == entry["rank"]["labels"]
         assert metric(values, "evoquality_train_reward", **rl) == pytest.approx(
-            entry["train"]["reward_mean"])
+            entry["train"]["reward_mean"]
+        )
         assert metric(values, "evoquality_train_kl", **rl) == pytest.approx(entry["train"]["kl"])
         for bench in ("syniqa", "validation"):
             assert metric(values, "evoquality_eval_srcc", **rl, benchmark=bench) == pytest.approx(
-                entry["eval"][f"{bench}.srcc"])
-    assert metric(values, "evoquality_eval_srcc", **lab, round="base",
-                  benchmark="syniqa") == pytest.approx(status["base"]["eval"]["syniqa.srcc"])
-    duration = metric(values, "evoquality_stage_duration_seconds", **lab, round="0",
-                      stage="train")
+                entry["eval"][f"{bench}.srcc"]
+            )
+    assert metric(
+        values, "evoquality_eval_srcc", **lab, round="base", benchmark="syniqa"
+    ) == pytest.approx(status["base"]["eval"]["syniqa.srcc"])
+    duration = metric(values, "evoquality_stage_duration_seconds", **lab, round="0", stage="train")
     assert duration is not None and duration >= 0
 
 
@@ -247,8 +307,11 @@ def test_operator_restarted_at_every_transition_creates_no_job_twice(cluster: Cl
         if status_of(cluster).get("phase") == "Succeeded":
             break
         # the operator is down: one Job finishes
-        target = sorted(j["metadata"]["name"] for j in controller.jobs()
-                        if j["metadata"]["name"] not in controller.finished)[0]
+        target = sorted(
+            j["metadata"]["name"]
+            for j in controller.jobs()
+            if j["metadata"]["name"] not in controller.finished
+        )[0]
         controller.tick(finish=lambda job: False)
         controller.tick(finish=lambda job, t=target: job["metadata"]["name"] == t)
     status = status_of(cluster)
@@ -287,8 +350,12 @@ def test_failing_stage_is_retried_then_the_run_fails(cluster: ClusterHandle):
 
 
 def _patch_spec(cluster: ClusterHandle, name: str, spec: dict[str, Any]) -> None:
-    cluster.api.request("PATCH", f"{RUNS_PATH}/{name}", body={"spec": spec},
-                        content_type="application/merge-patch+json")
+    cluster.api.request(
+        "PATCH",
+        f"{RUNS_PATH}/{name}",
+        body={"spec": spec},
+        content_type="application/merge-patch+json",
+    )
 
 
 def _job(cluster: ClusterHandle, name: str) -> dict[str, Any] | None:
@@ -300,8 +367,9 @@ def _job(cluster: ClusterHandle, name: str) -> dict[str, Any] | None:
 
 def test_suspend_resume_and_kueue(cluster: ClusterHandle):
     cluster.put(RUNS_PATH, run_manifest("plain", evaluation={"benchmarks": []}))
-    cluster.put(RUNS_PATH, run_manifest("queued", evaluation={"benchmarks": []},
-                                        queueName="gpu-queue"))
+    cluster.put(
+        RUNS_PATH, run_manifest("queued", evaluation={"benchmarks": []}, queueName="gpu-queue")
+    )
     controller = JobController(cluster, NS, lambda job: None)  # Jobs keep running
     with operator():
         wait_for(lambda: _job(cluster, "plain-r0-vote"), message="plain vote Job")
@@ -309,16 +377,21 @@ def test_suspend_resume_and_kueue(cluster: ClusterHandle):
         wait_for(lambda: status_of(cluster, "plain").get("phase") == "Running")
         # suspend: the running Job is suspended, nothing new starts
         _patch_spec(cluster, "plain", {"suspend": True})
-        wait_for(lambda: _job(cluster, "plain-r0-vote")["spec"]["suspend"] is True,
-                 message="Job suspended")
+        wait_for(
+            lambda: _job(cluster, "plain-r0-vote")["spec"]["suspend"] is True,
+            message="Job suspended",
+        )
         wait_for(lambda: status_of(cluster, "plain").get("phase") == "Suspended")
-        progressing = next(c for c in status_of(cluster, "plain")["conditions"]
-                           if c["type"] == "Progressing")
+        progressing = next(
+            c for c in status_of(cluster, "plain")["conditions"] if c["type"] == "Progressing"
+        )
         assert progressing["status"] == "False" and progressing["reason"] == "Suspended"
         # resume
         _patch_spec(cluster, "plain", {"suspend": False})
-        wait_for(lambda: _job(cluster, "plain-r0-vote")["spec"]["suspend"] is False,
-                 message="Job resumed")
+        wait_for(
+            lambda: _job(cluster, "plain-r0-vote")["spec"]["suspend"] is False,
+            message="Job resumed",
+        )
         wait_for(lambda: status_of(cluster, "plain").get("phase") in ("Running", "Pending"))
 
         # Kueue: labelled, created suspended, shown as Queued, never unsuspended by us
@@ -328,14 +401,20 @@ def test_suspend_resume_and_kueue(cluster: ClusterHandle):
         wait_for(lambda: status_of(cluster, "queued").get("phase") == "Queued")
         assert _job(cluster, "queued-r0-vote")["spec"]["suspend"] is True
         # Kueue admits it
-        cluster.api.request("PATCH", f"/apis/batch/v1/namespaces/{NS}/jobs/queued-r0-vote",
-                            body={"spec": {"suspend": False}, "status": {"active": 1}},
-                            content_type="application/merge-patch+json")
+        cluster.api.request(
+            "PATCH",
+            f"/apis/batch/v1/namespaces/{NS}/jobs/queued-r0-vote",
+            body={"spec": {"suspend": False}, "status": {"active": 1}},
+            content_type="application/merge-patch+json",
+        )
         wait_for(lambda: status_of(cluster, "queued").get("phase") == "Running")
         # Kueue evicts it (suspends again): Queued, not Failed
-        cluster.api.request("PATCH", f"/apis/batch/v1/namespaces/{NS}/jobs/queued-r0-vote",
-                            body={"spec": {"suspend": True}, "status": {"active": 0}},
-                            content_type="application/merge-patch+json")
+        cluster.api.request(
+            "PATCH",
+            f"/apis/batch/v1/namespaces/{NS}/jobs/queued-r0-vote",
+            body={"spec": {"suspend": True}, "status": {"active": 0}},
+            content_type="application/merge-patch+json",
+        )
         wait_for(lambda: status_of(cluster, "queued").get("phase") == "Queued")
 
 
@@ -343,32 +422,61 @@ def test_invalid_spec_and_deletion(cluster: ClusterHandle):
     cluster.put(RUNS_PATH, run_manifest("broken", rounds=0))
     cluster.put(RUNS_PATH, run_manifest("doomed", voting={"shards": 1}))
     with operator():
-        status = wait_for(lambda: (s := status_of(cluster, "broken")).get("phase") and s,
-                          message="invalid spec status")
+        status = wait_for(
+            lambda: (s := status_of(cluster, "broken")).get("phase") and s,
+            message="invalid spec status",
+        )
         assert status["phase"] == "Failed"
         spec_valid = next(c for c in status["conditions"] if c["type"] == "SpecValid")
         assert spec_valid["status"] == "False" and "spec.rounds" in spec_valid["message"]
         wait_for(lambda: _job(cluster, "doomed-r0-vote"), message="doomed vote Job")
         uid = cluster.api.get_run(NS, "doomed")["metadata"]["uid"]
         assert _job(cluster, "doomed-r0-vote")["metadata"]["ownerReferences"][0]["uid"] == uid
-        wait_for(lambda: metric(scrape(cluster), "evoquality_run_phase", namespace=NS,
-                                run="doomed", phase="Pending") == 1, message="phase metric")
+        wait_for(
+            lambda: (
+                metric(
+                    scrape(cluster),
+                    "evoquality_run_phase",
+                    namespace=NS,
+                    run="doomed",
+                    phase="Pending",
+                )
+                == 1
+            ),
+            message="phase metric",
+        )
         cluster.api.request("DELETE", f"{RUNS_PATH}/doomed")
         wait_for(lambda: cluster.api.get_run(NS, "doomed") is None, message="run deleted")
-        wait_for(lambda: not any(("doomed" in dict(k[1]).values()) for k in scrape(cluster)
-                                 if k[0] == "evoquality_run_phase"), message="metrics forgotten")
-        assert metric(scrape(cluster), "evoquality_run_phase", namespace=NS, run="broken",
-                      phase="Failed") == 1
+        wait_for(
+            lambda: (
+                not any(
+                    ("doomed" in dict(k[1]).values())
+                    for k in scrape(cluster)
+                    if k[0] == "evoquality_run_phase"
+                )
+            ),
+            message="metrics forgotten",
+        )
+        assert (
+            metric(
+                scrape(cluster), "evoquality_run_phase", namespace=NS, run="broken", phase="Failed"
+            )
+            == 1
+        )
     assert not [j for j in cluster.created("jobs") if j.startswith("broken")]
 
 
-def test_refuses_to_start_with_an_older_crd(kube_cluster: ClusterHandle,
-                                            monkeypatch: pytest.MonkeyPatch):
+def test_refuses_to_start_with_an_older_crd(
+    kube_cluster: ClusterHandle, monkeypatch: pytest.MonkeyPatch
+):
     kube_cluster.install_crd(revision="0")
     monkeypatch.setenv("EVOQUALITY_METRICS_PORT", str(free_port()))
     monkeypatch.setenv("EVOQUALITY_METRICS_ADDR", "127.0.0.1")
-    runner = KopfRunner(["run", "--standalone", "-A", "-m", "evoquality_operator.handlers"],
-                        timeout=30, reraise=False)
+    runner = KopfRunner(
+        ["run", "--standalone", "-A", "-m", "evoquality_operator.handlers"],
+        timeout=30,
+        reraise=False,
+    )
     with runner:
         runner.future.result(timeout=20)  # the operator stops on its own
     assert runner.exit_code != 0

@@ -35,10 +35,10 @@ import jsonpatch
 import kmock
 import pytest
 import yaml
+from evoquality_operator.k8s import Api, make_api_client
 from kmock import action as kaction
 
 from evoquality.crd import build_crd
-from evoquality_operator.k8s import Api, make_api_client
 
 # plural path -> (kind, namespaced)
 RESOURCES: dict[str, tuple[str, bool]] = {
@@ -140,6 +140,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     _last_version: int = attrs.field(default=0, init=False)
     created: list[tuple[str, str | None, str]] = attrs.field(factory=list, init=False)
     conflicts: list[tuple[str, str | None, str]] = attrs.field(factory=list, init=False)
+    created_at: list[tuple[str, str | None, str, float]] = attrs.field(factory=list, init=False)
 
     def _next_version(self) -> str:
         self._last_version = next(self._versions)
@@ -170,7 +171,11 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 data.setdefault("metadata", {})["resourceVersion"] = self._next_version()
             elif isinstance(data, list):
                 data.append(
-                    {"op": "add", "path": "/metadata/resourceVersion", "value": self._next_version()}
+                    {
+                        "op": "add",
+                        "path": "/metadata/resourceVersion",
+                        "value": self._next_version(),
+                    }
                 )
         creating = resource is not None and request.action == kaction.CREATE
         where = None
@@ -187,6 +192,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             raise kmock.KubernetesError(status=422, reason="Invalid", message=str(exc)) from None
         if where is not None:
             (self.created if response.status < 400 else self.conflicts).append(where)
+            if response.status < 400:
+                self.created_at.append((*where, time.monotonic()))
         return response
 
     async def _serve_list(self, request: kmock.Request) -> Any:
@@ -202,9 +209,11 @@ class ClusterEmulator(kmock.KubernetesEmulator):
 
     async def _serve_watch(self, request: kmock.Request):  # type: ignore[override]
         params = dict(request.params or {})
-        since = int(params.get("resourceVersion") or 0) if str(
-            params.get("resourceVersion") or ""
-        ).isdigit() else 0
+        since = (
+            int(params.get("resourceVersion") or 0)
+            if str(params.get("resourceVersion") or "").isdigit()
+            else 0
+        )
         async for event in super()._serve_watch(request):
             if isinstance(event, dict):
                 obj = event.get("object") or {}
@@ -309,8 +318,10 @@ class ClusterHandle:
         self.put("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
 
     def create_namespace(self, name: str) -> None:
-        self.put("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
-                                        "metadata": {"name": name}})
+        self.put(
+            "/api/v1/namespaces",
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
+        )
 
 
 def kubeconfig(url: str) -> dict[str, Any]:
@@ -374,6 +385,7 @@ class JobController:
     behaviour: Behaviour
     started: set[str] = field(default_factory=set)
     finished: set[str] = field(default_factory=set)
+    finished_at: dict[str, float] = field(default_factory=dict)  # monotonic time
 
     def jobs(self) -> list[dict[str, Any]]:
         return self.cluster.api.list(
@@ -393,7 +405,8 @@ class JobController:
             if name not in self.started:
                 self.started.add(name)
                 self.cluster.api.request(
-                    "PATCH", self._job_path(name),
+                    "PATCH",
+                    self._job_path(name),
                     body={"status": {"active": 1, "startTime": _now()}},
                     content_type="application/merge-patch+json",
                 )
@@ -416,34 +429,65 @@ class JobController:
                 phase, code = "Succeeded", 0
             else:
                 message, phase, code = str(detail), "Failed", 1
-            self.cluster.put(f"/api/v1/namespaces/{self.namespace}/pods", {
-                "metadata": {
-                    "name": f"{name}-{index}-{uuid.uuid4().hex[:5]}",
-                    "labels": {"job-name": name, "batch.kubernetes.io/job-name": name},
-                    "annotations": {"batch.kubernetes.io/job-completion-index": str(index)},
+            self.cluster.put(
+                f"/api/v1/namespaces/{self.namespace}/pods",
+                {
+                    "metadata": {
+                        "name": f"{name}-{index}-{uuid.uuid4().hex[:5]}",
+                        "labels": {"job-name": name, "batch.kubernetes.io/job-name": name},
+                        "annotations": {"batch.kubernetes.io/job-completion-index": str(index)},
+                    },
+                    "spec": {"containers": [{"name": "stage", "image": "x"}]},
+                    "status": {
+                        "phase": phase,
+                        "containerStatuses": [
+                            {
+                                "name": "stage",
+                                "state": {
+                                    "terminated": {
+                                        "exitCode": code,
+                                        "message": message,
+                                        "finishedAt": _now(),
+                                        "reason": "Completed" if code == 0 else "Error",
+                                    }
+                                },
+                            }
+                        ],
+                    },
                 },
-                "spec": {"containers": [{"name": "stage", "image": "x"}]},
-                "status": {"phase": phase, "containerStatuses": [{"name": "stage", "state": {
-                    "terminated": {"exitCode": code, "message": message, "finishedAt": _now(),
-                                   "reason": "Completed" if code == 0 else "Error"}}}]},
-            })
+            )
             if verdict != "succeed":
                 break
         condition = "Complete" if verdict == "succeed" else "Failed"
         status = {
             "active": 0,
             "completionTime": _now() if verdict == "succeed" else None,
-            "conditions": [{"type": condition, "status": "True", "lastTransitionTime": _now(),
-                            **({} if verdict == "succeed" else {"reason": "BackoffLimitExceeded"})}],
+            "conditions": [
+                {
+                    "type": condition,
+                    "status": "True",
+                    "lastTransitionTime": _now(),
+                    **({} if verdict == "succeed" else {"reason": "BackoffLimitExceeded"}),
+                }
+            ],
             ("succeeded" if verdict == "succeed" else "failed"): completions,
         }
-        self.cluster.api.request("PATCH", self._job_path(name), body={"status": status},
-                                 content_type="application/merge-patch+json")
+        self.finished_at[name] = time.monotonic()
+        self.cluster.api.request(
+            "PATCH",
+            self._job_path(name),
+            body={"status": status},
+            content_type="application/merge-patch+json",
+        )
         self.finished.add(name)
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05,
-             message: str = "condition") -> Any:
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 20.0,
+    interval: float = 0.05,
+    message: str = "condition",
+) -> Any:
     """Poll with a bounded deadline (the test is the cluster's controllers, not the operator)."""
     deadline = time.monotonic() + timeout
     while True:

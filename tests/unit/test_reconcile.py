@@ -6,8 +6,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-
-from evoquality.spec import parse_spec
 from evoquality_operator.reconcile import (
     BASE_EVAL,
     CreateJob,
@@ -27,6 +25,8 @@ from evoquality_operator.reconcile import (
     reconcile,
     stage_plan,
 )
+
+from evoquality.spec import parse_spec
 
 RUN = RunRef("ml", "demo")
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -51,8 +51,12 @@ def make_spec(**overrides: Any) -> dict[str, Any]:
 def metrics_for(key: StageKey, shard: int = 0, val: float | None = None) -> dict[str, Any]:
     r = -1 if key.round is None else key.round
     if key.stage == "vote":
-        return {"pairs": 10 * (shard + 1), "votes": 40 * (shard + 1), "agreement": 0.8 + shard / 10,
-                "abstention_rate": 0.1}
+        return {
+            "pairs": 10 * (shard + 1),
+            "votes": 40 * (shard + 1),
+            "agreement": 0.8 + shard / 10,
+            "abstention_rate": 0.1,
+        }
     if key.stage == "rank":
         return {"labels": 30, "tie_rate": 0.1}
     if key.stage == "train":
@@ -65,15 +69,24 @@ def metrics_for(key: StageKey, shard: int = 0, val: float | None = None) -> dict
 
 def summaries(key: StageKey, shards: int = 1, val: float | None = None):
     return tuple(
-        {"stage": key.stage, "round": key.round if key.round is not None else "base",
-         "metrics": metrics_for(key, i, val)}
+        {
+            "stage": key.stage,
+            "round": key.round if key.round is not None else "base",
+            "metrics": metrics_for(key, i, val),
+        }
         for i in range(shards)
     )
 
 
 def job(action: CreateJob, state: str = "Running", **kw: Any) -> ObservedJob:
-    return ObservedJob(name=action.name, key=action.key, attempt=action.attempt, state=state,
-                       suspended=kw.pop("suspended", action.suspend), **kw)
+    return ObservedJob(
+        name=action.name,
+        key=action.key,
+        attempt=action.attempt,
+        state=state,
+        suspended=kw.pop("suspended", action.suspend),
+        **kw,
+    )
 
 
 def creates(actions) -> list[CreateJob]:
@@ -83,8 +96,12 @@ def creates(actions) -> list[CreateJob]:
 class FakeCluster:
     """Plays the Job controller for the pure function: every created Job finishes at once."""
 
-    def __init__(self, spec: dict[str, Any], fail: dict[tuple[str, int], str] | None = None,
-                 validation: dict[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        spec: dict[str, Any],
+        fail: dict[tuple[str, int], str] | None = None,
+        validation: dict[str, float] | None = None,
+    ) -> None:
         self.spec = spec
         self.jobs: dict[str, ObservedJob] = {}
         self.status: dict[str, Any] = {}
@@ -100,14 +117,18 @@ class FakeCluster:
             self.created.append(action.name)
             key = action.key
             if (key.id, action.attempt) in self.fail:
-                self.jobs[action.name] = job(action, "Failed",
-                                             message=self.fail[(key.id, action.attempt)])
+                self.jobs[action.name] = job(
+                    action, "Failed", message=self.fail[(key.id, action.attempt)]
+                )
             else:
                 shards = parse_spec(self.spec).voting.shards if key.stage == "vote" else 1
                 self.jobs[action.name] = job(
-                    action, "Succeeded", start_time="2025-01-01T00:00:00Z",
+                    action,
+                    "Succeeded",
+                    start_time="2025-01-01T00:00:00Z",
                     completion_time="2025-01-01T00:01:40Z",
-                    summaries=summaries(key, shards, self.validation.get(key.id)))
+                    summaries=summaries(key, shards, self.validation.get(key.id)),
+                )
         return actions
 
     def run(self, limit: int = 50) -> None:
@@ -127,15 +148,31 @@ class FakeCluster:
 def test_plan_and_dependencies():
     spec = parse_spec(make_spec())
     assert [k.id for k in stage_plan(spec)] == [
-        "base-eval", "r0-vote", "r0-rank", "r0-train", "r0-eval",
-        "r1-vote", "r1-rank", "r1-train", "r1-eval",
+        "base-eval",
+        "r0-vote",
+        "r0-rank",
+        "r0-train",
+        "r0-eval",
+        "r1-vote",
+        "r1-rank",
+        "r1-train",
+        "r1-eval",
     ]
     assert dependencies(spec, StageKey(1, "vote")) == [StageKey(0, "train")]
     assert dependencies(spec, StageKey(0, "eval")) == [StageKey(0, "train")]
-    early = parse_spec(make_spec(evaluation={
-        "validation": {"name": "val", "manifest": "s3://b/val.csv"}, "earlyStopping": True}))
+    early = parse_spec(
+        make_spec(
+            evaluation={
+                "validation": {"name": "val", "manifest": "s3://b/val.csv"},
+                "earlyStopping": True,
+            }
+        )
+    )
     assert dependencies(early, StageKey(1, "vote")) == [
-        StageKey(0, "train"), StageKey(0, "eval"), BASE_EVAL]
+        StageKey(0, "train"),
+        StageKey(0, "eval"),
+        BASE_EVAL,
+    ]
     no_eval = parse_spec(make_spec(evaluation={"benchmarks": []}))
     assert [k.stage for k in stage_plan(no_eval)] == ["vote", "rank", "train"] * 2
 
@@ -158,7 +195,9 @@ def test_fresh_run_starts_vote_and_base_eval_then_is_idempotent():
     assert isinstance(actions[0], EnsureSpecConfigMap)
     made = creates(actions)
     assert [(c.key.id, c.name, c.suspend) for c in made] == [
-        ("base-eval", "demo-base-eval", False), ("r0-vote", "demo-r0-vote", False)]
+        ("base-eval", "demo-base-eval", False),
+        ("r0-vote", "demo-r0-vote", False),
+    ]
     assert sum(isinstance(a, StageStarted) for a in actions) == 2
     assert status["phase"] == "Pending"
     assert status["stages"]["r0-vote"]["state"] == "Pending"
@@ -179,8 +218,13 @@ def test_vote_success_records_merged_shards_and_starts_rank():
     spec = make_spec(voting={"shards": 3}, evaluation={"benchmarks": []})
     actions, status = reconcile(RUN, spec, {}, [], T0)
     vote = creates(actions)[0]
-    done = job(vote, "Succeeded", start_time="2025-01-01T00:00:00Z",
-               completion_time="2025-01-01T00:02:00Z", summaries=summaries(vote.key, 3))
+    done = job(
+        vote,
+        "Succeeded",
+        start_time="2025-01-01T00:00:00Z",
+        completion_time="2025-01-01T00:02:00Z",
+        summaries=summaries(vote.key, 3),
+    )
     actions, status = reconcile(RUN, spec, status, [done], T0 + timedelta(minutes=3))
     assert [c.key.id for c in creates(actions)] == ["r0-rank"]
     success = [a for a in actions if isinstance(a, StageSucceeded)][0]
@@ -218,8 +262,13 @@ def test_two_rounds_complete_with_eval_alongside_next_vote():
 
 
 def test_early_stopping_waits_for_eval_and_stops_on_a_drop():
-    spec = make_spec(rounds=3, evaluation={
-        "validation": {"name": "val", "manifest": "s3://b/val.csv"}, "earlyStopping": True})
+    spec = make_spec(
+        rounds=3,
+        evaluation={
+            "validation": {"name": "val", "manifest": "s3://b/val.csv"},
+            "earlyStopping": True,
+        },
+    )
     validation = {"base-eval": 0.5, "r0-eval": 0.7, "r1-eval": 0.6, "r2-eval": 0.9}
     cluster = FakeCluster(spec, validation=validation)
     for _ in range(3):
@@ -301,8 +350,11 @@ def test_suspend_and_resume():
     assert condition(status, "Progressing")["status"] == "False"
     suspended = job(creates(reconcile(RUN, spec, {}, [], T0).actions)[0], "Pending", suspended=True)
     # while suspended, a finished vote does not start rank
-    done = job(creates(reconcile(RUN, spec, {}, [], T0).actions)[0], "Succeeded",
-               summaries=summaries(StageKey(0, "vote")))
+    done = job(
+        creates(reconcile(RUN, spec, {}, [], T0).actions)[0],
+        "Succeeded",
+        summaries=summaries(StageKey(0, "vote")),
+    )
     actions, _ = reconcile(RUN, {**spec, "suspend": True}, status, [done], T0)
     assert creates(actions) == []
     actions, status = reconcile(RUN, spec, status, [suspended], T0)
@@ -321,8 +373,9 @@ def test_kueue_jobs_are_created_suspended_and_never_unsuspended():
     actions, status = reconcile(RUN, spec, status, [job(vote, "Running", suspended=False)], T0)
     assert actions == [] and status["phase"] == "Running"
     # spec.suspend still suspends under Kueue
-    actions, _ = reconcile(RUN, {**spec, "suspend": True}, status,
-                           [job(vote, "Running", suspended=False)], T0)
+    actions, _ = reconcile(
+        RUN, {**spec, "suspend": True}, status, [job(vote, "Running", suspended=False)], T0
+    )
     assert actions == [SetJobSuspended("demo-r0-vote", True)]
 
 
@@ -372,10 +425,12 @@ def test_failed_run_suspends_what_still_runs():
 
 
 def test_merge_vote_metrics():
-    merged = merge_vote_metrics([
-        {"pairs": 10, "votes": 100, "agreement": 0.5, "pairs_per_s": 1.0},
-        {"pairs": 30, "votes": 300, "agreement": 0.9, "pairs_per_s": 3.0, "tie_rate": 0.2},
-    ])
+    merged = merge_vote_metrics(
+        [
+            {"pairs": 10, "votes": 100, "agreement": 0.5, "pairs_per_s": 1.0},
+            {"pairs": 30, "votes": 300, "agreement": 0.9, "pairs_per_s": 3.0, "tie_rate": 0.2},
+        ]
+    )
     assert merged["pairs"] == 40 and merged["votes"] == 400
     assert merged["agreement"] == pytest.approx(0.8)
     assert merged["pairs_per_s"] == pytest.approx(2.5)
