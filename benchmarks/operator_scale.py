@@ -74,6 +74,11 @@ def rss_kib(pid: int) -> tuple[int, int]:
     return values.get("VmRSS", 0), values.get("VmHWM", 0)
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))]
@@ -99,8 +104,18 @@ def main() -> int:
         "KUBECONFIG": str(cluster.kubeconfig),
     }
     log = (workdir / "operator.log").open("w")
-    command = [sys.executable, "-m", "evoquality_operator", "--all-namespaces",
-               "--metrics-addr", "127.0.0.1", "--metrics-port", str(port), "--health-port", "0"]
+    command = [
+        sys.executable,
+        "-m",
+        "evoquality_operator",
+        "--all-namespaces",
+        "--metrics-addr",
+        "127.0.0.1",
+        "--metrics-port",
+        str(port),
+        "--health-port",
+        "0",
+    ]
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         # wait (bounded) for the metrics endpoint: the operator finished starting
@@ -135,6 +150,8 @@ def main() -> int:
             time.sleep(0.05)
         wall = time.monotonic() - started
         rss, peak = rss_kib(process.pid)
+        operator_cpu = cpu_seconds(process.pid)
+        own_cpu = time.process_time()
 
         # latency: Job completion -> next Job of the same run created
         created = cluster.call(lambda: list(cluster.emulator.created_at))
@@ -157,14 +174,21 @@ def main() -> int:
             process.kill()
         cluster.stop()
 
-    print(f"operator scale: {args.runs} runs x {args.rounds} rounds in one namespace, "
-          f"{len(controller.finished)} Jobs")
+    print(
+        f"operator scale: {args.runs} runs x {args.rounds} rounds in one namespace, "
+        f"{len(controller.finished)} Jobs"
+    )
     print(f"  wall time to all Succeeded      {wall:8.1f} s")
-    print(f"  operator RSS idle / end / peak  {idle_rss / 1024:8.1f} / {rss / 1024:.1f} / "
-          f"{peak / 1024:.1f} MiB (mean while running {statistics.mean(samples) / 1024:.1f} MiB)")
-    print(f"  completion -> next Job created  p50 {percentile(latencies, 0.5) * 1000:7.0f} ms   "
-          f"p95 {percentile(latencies, 0.95) * 1000:7.0f} ms   "
-          f"max {max(latencies) * 1000:7.0f} ms   (n={len(latencies)})")
+    print(
+        f"  operator RSS idle / end / peak  {idle_rss / 1024:8.1f} / {rss / 1024:.1f} / "
+        f"{peak / 1024:.1f} MiB (mean while running {statistics.mean(samples) / 1024:.1f} MiB)"
+    )
+    print(
+        f"  completion -> next Job created  p50 {percentile(latencies, 0.5) * 1000:7.0f} ms   "
+        f"p95 {percentile(latencies, 0.95) * 1000:7.0f} ms   "
+        f"max {max(latencies) * 1000:7.0f} ms   (n={len(latencies)})"
+    )
+    print(f"  CPU: operator {operator_cpu:.1f} s, emulator + Job controller {own_cpu:.1f} s")
     print(f"  duplicate creations             {duplicates}")
     print(f"  operator log                    {log.name}")
     return 0

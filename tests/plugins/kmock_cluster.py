@@ -53,6 +53,7 @@ RESOURCES: dict[str, tuple[str, bool]] = {
     "coordination.k8s.io/v1/leases": ("Lease", True),
 }
 SUBRESOURCES = {"evoquality.io/v1alpha1/evoqualityruns": {"status"}, "batch/v1/jobs": {"status"}}
+REQUEST_LOG = 16
 VERBS = {"create", "delete", "get", "list", "patch", "update", "watch"}
 
 
@@ -151,6 +152,10 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         return RESOURCES.get(key, (str(resource.plural).capitalize(), True))
 
     async def _handle(self, request: kmock.Request):  # type: ignore[override]
+        # KMock matches every request against its whole request log (quadratic over a test);
+        # keep only the recent requests, the tests assert on objects, not on the log.
+        if len(self._requests) > REQUEST_LOG:
+            del self._requests[:-REQUEST_LOG]
         data = request.data
         resource = request.resource
         if resource is not None and request.action == kaction.CREATE and isinstance(data, dict):
