@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 TINY = "tiny"
+TINY_WEAK = "tiny-weak"  # the tiny model with weak pretrained perception (evoquality.pretrain)
 _COMPLETE = ".evoquality-complete"
 
 
@@ -43,6 +44,17 @@ def _resolve_tiny(cache_dir: Path, seed: int = 0) -> str:
         return str(target)
     with _lock(cache_dir / f"{TINY}.lock"):
         build_tiny_model_atomic(target, seed=seed)
+    return str(target)
+
+
+def _resolve_tiny_weak(cache_dir: Path) -> str:
+    from evoquality.pretrain import WEAK_MARKER_FILE, PretrainSettings, build_weak_base_atomic
+
+    target = cache_dir / TINY_WEAK
+    if (target / WEAK_MARKER_FILE).exists():
+        return str(target)
+    with _lock(cache_dir / f"{TINY_WEAK}.lock"):
+        build_weak_base_atomic(target, cache_dir, PretrainSettings())
     return str(target)
 
 
@@ -102,6 +114,8 @@ def resolve_model(
     """A name that `from_pretrained` (and vLLM) can load.
 
     * ``tiny``: the tiny model, built once into ``cache_dir/tiny`` (file lock + atomic rename);
+    * ``tiny-weak``: the tiny model with weak pretrained perception (`evoquality.pretrain`), built
+      once into ``cache_dir/tiny-weak`` the same way;
     * ``s3://...`` / ``file://...``: the model directory, downloaded once into ``cache_dir`` (keyed
       by a hash of the URI; ``store_factory(uri)`` opens the store, default
       ``evoquality.storage.open_store``);
@@ -116,6 +130,8 @@ def resolve_model(
         raise ModelNotFoundError("empty model name")
     if name == TINY:
         return _resolve_tiny(cache_dir)
+    if name == TINY_WEAK:
+        return _resolve_tiny_weak(cache_dir)
     if name.startswith(("s3://", "file://")):
         return _resolve_store(name, cache_dir, store_factory)
     path = Path(name).expanduser()

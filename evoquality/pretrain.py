@@ -45,6 +45,7 @@ class PretrainSettings:
     label_noise: float = 1.0  # std of the fixed per-image noise added to the pseudo-MOS
     families: tuple[str, ...] | None = None  # distortion families trained on (None = all)
     compare_share: float = 0.5  # share of comparison examples in a batch
+    visual_lr_scale: float = 10.0  # learning-rate factor of the vision tower (see _optimizer)
     tiny_warmup_steps: int = 100  # the tiny model's own format warm-up (random answers)
 
 
@@ -95,6 +96,23 @@ def _training_images(cache: Path, settings: PretrainSettings):
     return images, mos
 
 
+def _optimizer(model, settings: PretrainSettings):
+    """AdamW with a larger learning rate for the vision tower.
+
+    With one learning rate the tiny model learns the answers' marginal distribution and ignores
+    the image (measured: the expected first digit varied by < 0.01 across images after 300 steps);
+    the vision tower needs larger steps before its features reach the answer.
+    """
+    import torch
+
+    visual = [p for n, p in model.named_parameters() if ".visual." in f".{n}"]
+    visual_ids = {id(p) for p in visual}
+    rest = [p for p in model.parameters() if id(p) not in visual_ids]
+    lr = settings.learning_rate
+    groups = [{"params": rest, "lr": lr}, {"params": visual, "lr": lr * settings.visual_lr_scale}]
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=0.0)
+
+
 def _supervised_steps(model, processor, images, targets, settings: PretrainSettings) -> float:
     """Teacher-forced steps on scoring and comparison answers (loss on the answer tokens only)."""
     import torch
@@ -114,7 +132,7 @@ def _supervised_steps(model, processor, images, targets, settings: PretrainSetti
         )
         for n in (1, 2)
     }
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=0.0)
+    optimizer = _optimizer(model, settings)
     model.train()
     loss_value = float("nan")
     for _ in range(settings.steps):

@@ -6,6 +6,7 @@ Merging vote shard metrics (pair-weighted means, sums of counts) and choosing th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,7 +34,8 @@ def selection_metric(eval_metrics: Mapping[str, Any]) -> tuple[str, float | None
     for key in ("validation.srcc", "wavg.srcc"):
         if key in eval_metrics:
             value = eval_metrics[key]
-            return key, None if value is None else float(value)
+            finite = isinstance(value, int | float) and math.isfinite(value)
+            return key, float(value) if finite else None
     return "none", None
 
 

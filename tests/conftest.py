@@ -6,13 +6,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import importlib.util
-
-_PLUGINS = [
+pytest_plugins = [
     "tests.plugins.s3server",
     "tests.plugins.tiny_model",
     "tests.plugins.kmock_cluster",
     "tests.plugins.helm",
     "tests.plugins.prometheus",
 ]
-pytest_plugins = [p for p in _PLUGINS if importlib.util.find_spec(p)]  # TODO-LEAD: static

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from evoquality.spec import API_GROUP, API_VERSION, KIND, EvoQualityRunSpec, PodSpec, spec_to_dict
@@ -32,26 +32,42 @@ IMAGE_ENV = {
     "trainer": "EVOQUALITY_TRAINER_IMAGE",
     "worker": "EVOQUALITY_WORKER_IMAGE",
 }
+STAGE_DEFAULTS_ENV = "EVOQUALITY_STAGE_DEFAULTS"
 STAGE_IMAGE_KIND = {"vote": "voter", "eval": "voter", "train": "trainer", "rank": "worker"}
 
 
 @dataclass(frozen=True)
 class Images:
-    """Default container image per image kind (a stage's `pods.<stage>.image` wins)."""
+    """Defaults per stage from the operator's environment (the chart's values).
+
+    The image per image kind (a stage's `pods.<stage>.image` wins), and the pod resources per
+    stage from `EVOQUALITY_STAGE_DEFAULTS` (JSON `{stage: {resources: ...}}`; a run's own
+    `pods.<stage>.resources` wins).
+    """
 
     voter: str = DEFAULT_IMAGES["voter"]
     trainer: str = DEFAULT_IMAGES["trainer"]
     worker: str = DEFAULT_IMAGES["worker"]
+    stage_defaults: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Images:
         env = os.environ if env is None else env
+        try:
+            defaults = json.loads(env.get(STAGE_DEFAULTS_ENV) or "{}")
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{STAGE_DEFAULTS_ENV} is not valid JSON: {err}") from None
         return cls(
-            **{kind: env.get(var) or DEFAULT_IMAGES[kind] for kind, var in IMAGE_ENV.items()}
+            **{kind: env.get(var) or DEFAULT_IMAGES[kind] for kind, var in IMAGE_ENV.items()},
+            stage_defaults=defaults if isinstance(defaults, dict) else {},
         )
 
     def for_stage(self, stage: str) -> str:
         return getattr(self, STAGE_IMAGE_KIND[stage])
+
+    def resources_for(self, stage: str) -> dict[str, dict[str, str]]:
+        resources = (self.stage_defaults.get(stage) or {}).get("resources") or {}
+        return {kind: {k: str(v) for k, v in values.items()} for kind, values in resources.items()}
 
 
 @dataclass(frozen=True)
@@ -107,8 +123,17 @@ def _pod_settings(spec: EvoQualityRunSpec, stage: str) -> PodSpec:
     return getattr(spec.pods, stage)
 
 
-def _resources(spec: EvoQualityRunSpec, stage: str, pod: PodSpec) -> dict[str, dict[str, str]]:
-    resources = {kind: dict(values) for kind, values in pod.resources.items()}
+def _resources(
+    spec: EvoQualityRunSpec, stage: str, pod: PodSpec, defaults: Images
+) -> dict[str, dict[str, str]]:
+    """The run's own resources, else the operator's stage defaults; GPUs follow the spec."""
+    own = {kind: dict(values) for kind, values in pod.resources.items()}
+    if own:
+        resources = own
+    else:
+        resources = defaults.resources_for(stage)
+        for values in resources.values():
+            values.pop(GPU, None)  # the spec decides the GPU count
     gpus = 0
     if stage == "train":
         gpus = spec.training.gpus_per_node
@@ -223,7 +248,7 @@ def stage_job(ctx: RunContext, key: StageKey, attempt: int, suspend: bool) -> di
     }
     if env_from:
         container["envFrom"] = env_from
-    resources = _resources(spec, key.stage, pod)
+    resources = _resources(spec, key.stage, pod, ctx.images)
     if resources:
         container["resources"] = resources
     if multi_node:

@@ -19,12 +19,12 @@ EarlyStopped) as soon as a round's validation SRCC is lower than the best so far
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from evoquality import summaries as run_summaries
 from evoquality.spec import EvoQualityRunSpec, SpecError, parse_spec
 
 from . import naming
@@ -221,46 +221,11 @@ def dependencies(spec: EvoQualityRunSpec, key: StageKey) -> list[StageKey]:
     return [StageKey(r, previous)]
 
 
-def merge_vote_metrics(shards: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """Merge per-shard vote metrics: sums for `pairs` / `votes`, pair-weighted means otherwise.
-
-    A key missing from some shards is averaged over the shards that report it; when no shard
-    reports pairs, the mean is unweighted. `pairs_per_s` is a pair-weighted mean (the typical
-    per-shard throughput), not the aggregate.
-    """
-    summed = ("pairs", "votes")
-    merged: dict[str, float] = {}
-    numeric = [
-        {
-            k: float(v)
-            for k, v in m.items()
-            if isinstance(v, int | float) and not isinstance(v, bool)
-        }
-        for m in shards
-    ]
-    for key in summed:
-        values = [m[key] for m in numeric if key in m]
-        if values:
-            merged[key] = sum(values)
-    keys = sorted({k for m in numeric for k in m} - set(summed))
-    for key in keys:
-        rows = [(m[key], m.get("pairs", 0.0)) for m in numeric if key in m]
-        weight = sum(w for _, w in rows)
-        if weight > 0:
-            merged[key] = sum(v * w for v, w in rows) / weight
-        else:
-            merged[key] = sum(v for v, _ in rows) / len(rows)
-    for key in ("pairs", "votes"):
-        if key in merged and float(merged[key]).is_integer():
-            merged[key] = int(merged[key])
-    return merged
-
-
 def stage_metrics(key: StageKey, summaries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """The metrics of a finished stage from its summaries (merged over vote shards)."""
     metrics = [dict(s.get("metrics") or {}) for s in summaries]
     if key.stage == "vote":
-        return merge_vote_metrics(metrics)
+        return run_summaries.merge_vote_metrics(metrics)
     return metrics[-1] if metrics else {}
 
 
@@ -269,30 +234,24 @@ def selection_metric(spec: EvoQualityRunSpec) -> str:
     return VALIDATION_METRIC if spec.evaluation.validation is not None else FALLBACK_METRIC
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
+def evaluations(status: Mapping[str, Any]) -> dict[int | None, Mapping[str, Any]]:
+    """The eval metrics recorded in a status, by round (None = the base model)."""
+    evals: dict[int | None, Mapping[str, Any]] = {}
+    base = (status.get("base") or {}).get("eval")
+    if base:
+        evals[None] = base
+    for entry in status.get("rounds") or []:
+        if entry.get("eval"):
+            evals[entry["round"]] = entry["eval"]
+    return evals
 
 
 def best_round(
     spec: EvoQualityRunSpec, status: Mapping[str, Any]
 ) -> tuple[int | None, float] | None:
     """(round or None for base, value) with the highest selection metric so far; ties: earliest."""
-    metric = selection_metric(spec)
-    candidates: list[tuple[int | None, Mapping[str, Any]]] = []
-    base = (status.get("base") or {}).get("eval")
-    if base:
-        candidates.append((None, base))
-    for entry in status.get("rounds") or []:
-        if entry.get("eval"):
-            candidates.append((entry["round"], entry["eval"]))
-    best: tuple[int | None, float] | None = None
-    for round_index, metrics in candidates:
-        value = _number(metrics.get(metric))
-        if value is not None and (best is None or value > best[1]):
-            best = (round_index, value)
-    return best
+    round_index, value = run_summaries.best_round(evaluations(status))
+    return None if value is None else (round_index, value)
 
 
 def checkpoint_of(spec: EvoQualityRunSpec, status: Mapping[str, Any], round_index: int | None):
@@ -615,28 +574,20 @@ def _early_stop(
     """A message when a round's validation SRCC fell below the best before it, else None."""
     if not spec.evaluation.early_stopping:
         return None
-    rounds = status.get("rounds") or []
-    best: tuple[int | None, float] | None = None
-    if spec.evaluation.evaluate_base:
-        if stages.get(BASE_EVAL.id, {}).get("state") != SUCCEEDED:
-            return None
-        value = _number(((status.get("base") or {}).get("eval") or {}).get(VALIDATION_METRIC))
-        if value is not None:
-            best = (None, value)
+    if spec.evaluation.evaluate_base and stages.get(BASE_EVAL.id, {}).get("state") != SUCCEEDED:
+        return None
+    evals = evaluations(status)
     for r in range(spec.rounds - 1):  # the last round ends the run anyway
         if stages.get(StageKey(r, "eval").id, {}).get("state") != SUCCEEDED:
             return None
-        value = _number((rounds[r].get("eval") or {}).get(VALIDATION_METRIC))
-        if value is None:
-            continue
-        if best is not None and value < best[1]:
-            where = naming.round_text(best[0])
+        if run_summaries.should_stop_early(evals, r):
+            before = {k: v for k, v in evals.items() if k is None or k < r}
+            best, best_value = run_summaries.best_round(before)
+            value = evals[r][VALIDATION_METRIC]
             return (
                 f"validation SRCC of round {r} ({value:.4f}) fell below the best so far "
-                f"({best[1]:.4f}, round {where})"
+                f"({best_value:.4f}, round {naming.round_text(best)})"
             )
-        if best is None or value > best[1]:
-            best = (r, value)
     return None
 
 

@@ -234,3 +234,26 @@ def test_flags(monkeypatch):
     monkeypatch.delenv("EVOQUALITY_NAMESPACES", raising=False)
     config, _ = parse_config(["--all-namespaces"])
     assert config.all_namespaces and config.namespaces == ()
+
+
+def test_stage_defaults_from_the_chart_apply_when_the_run_sets_none():
+    defaults = {
+        "rank": {"resources": {"requests": {"cpu": "2", "memory": "8Gi"}}},
+        "train": {"resources": {"limits": {"memory": "1Ti", "nvidia.com/gpu": "2"}}},
+    }
+    images = jobs.Images.from_env({jobs.STAGE_DEFAULTS_ENV: json.dumps(defaults)})
+    spec = parse_spec(
+        {
+            "data": {"manifest": "s3://b/pool.csv"},
+            "storage": {"uri": "s3://b/runs"},
+            "training": {"gpusPerNode": 4},
+            "pods": {"eval": {"resources": {"limits": {"cpu": "3"}}}},
+        }
+    )
+    c = jobs.RunContext("ml", "demo", "uid-1", spec, images)
+    rank = container(jobs.stage_job(c, StageKey(0, "rank"), 0, suspend=False))
+    assert rank["resources"] == {"requests": {"cpu": "2", "memory": "8Gi"}}
+    train = container(jobs.stage_job(c, StageKey(0, "train"), 0, suspend=False))
+    assert train["resources"]["limits"] == {"memory": "1Ti", "nvidia.com/gpu": "4"}  # spec's GPUs
+    evaluation = container(jobs.stage_job(c, StageKey(0, "eval"), 0, suspend=False))
+    assert evaluation["resources"]["limits"]["cpu"] == "3"  # the run's own settings win

@@ -21,7 +21,6 @@ from evoquality_operator.reconcile import (
     StageSucceeded,
     condition,
     dependencies,
-    merge_vote_metrics,
     reconcile,
     stage_plan,
 )
@@ -422,18 +421,3 @@ def test_failed_run_suspends_what_still_runs():
     actions, status = reconcile(RUN, spec, status, observed, T0)
     assert status["phase"] == "Failed"
     assert SetJobSuspended("demo-base-eval", True) in actions
-
-
-def test_merge_vote_metrics():
-    merged = merge_vote_metrics(
-        [
-            {"pairs": 10, "votes": 100, "agreement": 0.5, "pairs_per_s": 1.0},
-            {"pairs": 30, "votes": 300, "agreement": 0.9, "pairs_per_s": 3.0, "tie_rate": 0.2},
-        ]
-    )
-    assert merged["pairs"] == 40 and merged["votes"] == 400
-    assert merged["agreement"] == pytest.approx(0.8)
-    assert merged["pairs_per_s"] == pytest.approx(2.5)
-    assert merged["tie_rate"] == pytest.approx(0.2)
-    assert merge_vote_metrics([{"agreement": 0.4}, {"agreement": 0.6}]) == {"agreement": 0.5}
-    assert merge_vote_metrics([]) == {}
