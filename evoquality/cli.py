@@ -144,8 +144,27 @@ def validate(manifest: Annotated[Path, typer.Argument(help="EvoQualityRun manife
 def make_tiny_model_cmd(
     out_dir: Annotated[Path, typer.Argument(help="Where to save the model.")],
     seed: Annotated[int, typer.Option()] = 0,
+    pretrain: Annotated[
+        bool,
+        typer.Option(
+            help="Give it weak quality perception: a short supervised fine-tune on noisy "
+            "pseudo-MOS of SynIQA training references (the `tiny-weak` base)."
+        ),
+    ] = False,
+    pretrain_steps: Annotated[int, typer.Option(min=1, help="Supervised steps.")] = 200,
+    label_noise: Annotated[
+        float, typer.Option(min=0.0, help="Std of the noise added to the pseudo-MOS targets.")
+    ] = 1.0,
 ) -> None:
     """Build a tiny random Qwen2.5-VL-architecture model offline (tests, quickstart)."""
+    if pretrain:
+        from evoquality.pretrain import PretrainSettings, pretrain_weak_base
+        from evoquality.stages.context import cache_dir
+
+        settings = PretrainSettings(seed=seed, steps=pretrain_steps, label_noise=label_noise)
+        path = pretrain_weak_base(out_dir, cache_dir(), settings)
+        err.print(f"weak base model: {path}")
+        return
     from evoquality.tiny_model import make_tiny_model
 
     path = make_tiny_model(out_dir, seed=seed)
