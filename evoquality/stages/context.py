@@ -30,11 +30,24 @@ from evoquality.spec import (
 from evoquality.storage import Store, open_store
 
 TERMINATION_LOG = Path("/dev/termination-log")
+# More unreadable images than this share fails a stage; fewer are skipped and counted.
+MAX_UNREADABLE_SHARE = 0.05
 SUMMARY_LIMIT = 2048
 
 
 class StageError(RuntimeError):
     """A stage cannot run: bad input, missing upstream artifacts, a spec mismatch."""
+
+
+def check_unreadable(failures: list[str], total: int) -> None:
+    """Skip a few unreadable images (counted in the summary); fail when too many are."""
+    if failures and len(failures) > MAX_UNREADABLE_SHARE * max(total, 1):
+        raise StageError(
+            f"{len(failures)} of {total} images could not be read, e.g.:\n  "
+            + "\n  ".join(failures[:5])
+        )
+    if failures:
+        print(f"warning: skipping {len(failures)} unreadable images", file=sys.stderr)
 
 
 @dataclass(frozen=True)

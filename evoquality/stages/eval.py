@@ -13,12 +13,13 @@ import numpy as np
 import pyarrow as pa
 
 from evoquality import artifacts
+from evoquality.data.images import load_images, prepare_image
 from evoquality.engines.base import EngineImage, Sampling, make_engine
 from evoquality.metrics import evaluate, wavg
 from evoquality.pool import load_manifest
 from evoquality.prompts import parse_score
 from evoquality.spec import BenchmarkSpec
-from evoquality.stages.context import StageContext, StageError
+from evoquality.stages.context import StageContext, StageError, check_unreadable
 from evoquality.stages.progress import progress
 
 VALIDATION = "validation"
@@ -31,8 +32,6 @@ def score_benchmark(
     manifest = load_manifest(bench.manifest, ctx.cache, bench.max_images)
     if manifest.mos is None:
         raise StageError(f"benchmark {bench.name}: {manifest.uri} has no `mos` column")
-    from evoquality.data.images import load_images, prepare_image
-
     if engine.needs_pixels:
         raw, failures = load_images(manifest.images)
         pictures = [
@@ -43,6 +42,7 @@ def score_benchmark(
         ]
     else:
         pictures, failures = [None] * len(manifest), []
+    check_unreadable(failures, len(manifest))
     n = evaluation.samples_per_image
     sampling = Sampling(
         temperature=evaluation.temperature if n > 1 else 0.0,
@@ -96,7 +96,7 @@ def run(ctx: StageContext) -> dict:
     engine.close()
     metrics: dict[str, float | int | None] = {}
     for name, result in results.items():
-        for key in ("srcc", "plcc", "krcc", "plcc_logistic", "n", "n_missing"):
+        for key in ("srcc", "plcc", "krcc", "plcc_logistic", "n", "n_missing", "unreadable"):
             if key in result:
                 metrics[f"{name}.{key}"] = _clean(result[key])
     tests = {k: v for k, v in results.items() if k != VALIDATION}

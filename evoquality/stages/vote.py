@@ -18,12 +18,9 @@ from evoquality.engines.base import EngineImage, Sampling, make_engine
 from evoquality.pairs import shard_bounds
 from evoquality.pool import load_prepared, plan_round_pairs, round_pool
 from evoquality.prompts import parse_choice
-from evoquality.stages.context import StageContext, StageError
+from evoquality.stages.context import StageContext, StageError, check_unreadable
 from evoquality.stages.progress import progress
 from evoquality.voting import agreement, order_plan, position_bias, tally
-
-# More unreadable images than this share of a shard's images fails the stage.
-MAX_BAD_IMAGE_SHARE = 0.05
 
 VOTES_SCHEMA = pa.schema(
     [
@@ -78,11 +75,7 @@ def run(ctx: StageContext) -> dict:
         pictures, failures = load_prepared([pool.images[i] for i in needed], spec.model)
     else:
         pictures, failures = [None] * len(needed), []
-    if len(failures) > MAX_BAD_IMAGE_SHARE * max(len(needed), 1):
-        raise StageError(
-            f"{len(failures)} of {len(needed)} images could not be read, e.g.:\n  "
-            + "\n  ".join(failures[:5])
-        )
+    check_unreadable(failures, len(needed))
     bad = {
         int(i) for i, p in zip(needed, pictures, strict=True) if p is None and engine.needs_pixels
     }

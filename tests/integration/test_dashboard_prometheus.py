@@ -10,7 +10,6 @@ against Prometheus's HTTP API and must return the data the runs produced; the ru
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
@@ -21,11 +20,19 @@ import pytest
 import yaml
 
 from evoquality.telemetry import RunMetrics
+from tests.plugins.dashboard import (
+    METRIC_NAME,
+    dashboard_targets,
+    panel_expr,
+    run_target,
+    substitute,
+    template_variables,
+    values_by,
+)
 from tests.plugins.prometheus import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "evoquality"
-DASHBOARD = CHART / "dashboards" / "evoquality.json"
 ALERTS_TEST = Path(__file__).parent / "data" / "alerts_test.yaml"
 MONITORING = "monitoring.coreos.com/v1"
 JOB = "evoquality-operator-metrics"  # the metrics Service of release "evoquality"
@@ -189,27 +196,6 @@ def prometheus(helm, prometheus_server, exporter: str, tmp_path_factory: pytest.
 # ------------------------------------------------------------------------------------------
 
 
-def dashboard_targets() -> list[tuple[str, dict]]:
-    """(panel title, target) for every query of every panel, rows included."""
-    out = []
-
-    def walk(panels: list[dict]) -> None:
-        for panel in panels:
-            for target in panel.get("targets", []):
-                out.append((panel["title"], target))
-            walk(panel.get("panels", []))
-
-    walk(json.loads(DASHBOARD.read_text())["panels"])
-    return out
-
-
-def substitute(expr: str, namespace: str, run: str) -> str:
-    expr = re.sub(r"\$\{?namespace\}?", namespace, expr)
-    expr = re.sub(r"\$\{?run\}?", run, expr)
-    assert "$" not in expr, f"unsubstituted variable in {expr}"
-    return expr
-
-
 # Series only a running stage produces: shown for a stuck run; everything else for the 2-round run.
 RUN_FOR_METRIC = {"evoquality_stage_started_timestamp_seconds": stuck("vote")}
 
@@ -223,14 +209,10 @@ def test_every_dashboard_query_returns_data(prometheus) -> None:
     assert len(targets) >= 15
     metrics_used = set()
     for title, target in targets:
-        metrics_used.update(re.findall(r"evoquality_[a-z_]+", target["expr"]))
+        metrics_used.update(re.findall(METRIC_NAME, target["expr"]))
         for run in (run_for(target["expr"]), ".*"):
-            expr = substitute(target["expr"], NS, run)
-            if target.get("instant"):
-                result = prometheus.query(expr)
-            else:
-                result = prometheus.query_range(expr, seconds=30, step=1)
-            assert result, f"panel {title!r} ({run}): no data for {expr}"
+            result = run_target(prometheus, target, NS, run)
+            assert result, f"panel {title!r} ({run}): no data for {target['expr']}"
     # The dashboard plots every series the exporter defines.
     exported = {
         family.name + ("_total" if family.type == "counter" else "")
@@ -239,17 +221,6 @@ def test_every_dashboard_query_returns_data(prometheus) -> None:
     assert len(exported) >= 17
     missing = exported - metrics_used
     assert not missing, f"the dashboard does not plot {sorted(missing)}"
-
-
-def panel_expr(title: str, ref: str = "A") -> str:
-    for panel_title, target in dashboard_targets():
-        if panel_title == title and target["refId"] == ref:
-            return target["expr"]
-    raise KeyError(title)
-
-
-def values_by(result: list[dict], *labels: str) -> dict:
-    return {tuple(s["metric"].get(k) for k in labels): float(s["value"][1]) for s in result}
 
 
 def test_dashboard_panels_show_the_runs(prometheus) -> None:
@@ -301,12 +272,9 @@ def test_dashboard_panels_show_the_runs(prometheus) -> None:
 
 
 def test_template_variables_list_namespaces_and_runs(prometheus) -> None:
-    variables = {v["name"]: v for v in json.loads(DASHBOARD.read_text())["templating"]["list"]}
+    variables = template_variables(".*", ".*")
     for name, expected in (("namespace", {NS}), ("run", {OK, FAILED, *map(stuck, STAGES)})):
-        query = variables[name]["query"]["query"]
-        match = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", query)
-        assert match, query
-        selector, label = substitute(match.group(1), ".*", ".*"), match.group(2)
+        selector, label = variables[name]
         values = set(prometheus.api(f"label/{label}/values", **{"match[]": selector}))
         assert expected <= values, (name, values)
 

@@ -10,15 +10,20 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from kopf.testing import KopfRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.plugins.kmock_cluster import ClusterHandle, JobController, free_port, wait_for
+from tests.plugins.kmock_cluster import (
+    ClusterHandle,
+    JobController,
+    free_port,
+    operator,
+    wait_for,
+)
 
 NS = "ml"
 RUNS_PATH = f"/apis/evoquality.io/v1alpha1/namespaces/{NS}/evoqualityruns"
@@ -104,30 +109,13 @@ def succeed_all(job: dict[str, Any]) -> tuple[str, Any]:
     return "succeed", [stage_metrics(job, i) for i in range(completions)]
 
 
-@pytest.fixture()
-def cluster(kube_cluster: ClusterHandle, monkeypatch: pytest.MonkeyPatch) -> ClusterHandle:
-    kube_cluster.install_crd()
-    kube_cluster.metrics_port = free_port()  # type: ignore[attr-defined]
-    monkeypatch.setenv("EVOQUALITY_METRICS_PORT", str(kube_cluster.metrics_port))
-    monkeypatch.setenv("EVOQUALITY_METRICS_ADDR", "127.0.0.1")
-    monkeypatch.setenv("EVOQUALITY_VOTER_IMAGE", "registry.local/voter:1")
-    return kube_cluster
-
-
-@contextmanager
-def operator() -> Iterator[KopfRunner]:
-    args = ["run", "--standalone", "-A", "-m", "evoquality_operator.handlers"]
-    with KopfRunner(args, timeout=30) as runner:
-        yield runner
-
-
 def status_of(cluster: ClusterHandle, name: str = "demo") -> dict[str, Any]:
     body = cluster.api.get_run(NS, name)
     return (body or {}).get("status") or {}
 
 
 def scrape(cluster: ClusterHandle) -> dict[tuple[str, frozenset], float]:
-    url = f"http://127.0.0.1:{cluster.metrics_port}/metrics"  # type: ignore[attr-defined]
+    url = f"http://127.0.0.1:{cluster.metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=5) as response:
         text = response.read().decode()
     values = {}

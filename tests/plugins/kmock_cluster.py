@@ -11,8 +11,12 @@ over real HTTP like the operator does (`ClusterHandle.api`). Fixtures:
 
 - `kube_cluster`: the running emulator (resources declared, the EvoQualityRun CRD installed) and a
   kubeconfig pointing at it, exported as KUBECONFIG for the test.
-- `job_controller`: plays the Job controller: starts Jobs, then completes or fails them and writes
-  pods with termination messages (`JobController.tick`).
+- `cluster`: `kube_cluster` set up for the operator: the CRD installed, the operator's metrics
+  server on a free 127.0.0.1 port (`ClusterHandle.metrics_port`), a voter image; `operator()` runs
+  kopf with the operator's handlers for a `with` block.
+
+`JobController` plays the Job controller: starts Jobs, then completes or fails them and writes pods
+with termination messages (`JobController.tick`); `wait_for` polls with a deadline.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +42,7 @@ import pytest
 import yaml
 from evoquality_operator.k8s import Api, make_api_client
 from kmock import action as kaction
+from kopf.testing import KopfRunner
 
 from evoquality.crd import build_crd
 
@@ -237,6 +243,7 @@ class ClusterHandle:
 
     url: str = ""
     kubeconfig: Path | None = None
+    metrics_port: int | None = None  # the operator's, set by the `cluster` fixture
     emulator: ClusterEmulator | None = None
     loop: asyncio.AbstractEventLoop | None = None
     _api: Api | None = None
@@ -356,6 +363,25 @@ def kube_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cl
         yield handle
     finally:
         handle.stop()
+
+
+@pytest.fixture()
+def cluster(kube_cluster: ClusterHandle, monkeypatch: pytest.MonkeyPatch) -> ClusterHandle:
+    """The emulator with the CRD installed, and the operator's environment (metrics, images)."""
+    kube_cluster.install_crd()
+    kube_cluster.metrics_port = free_port()
+    monkeypatch.setenv("EVOQUALITY_METRICS_PORT", str(kube_cluster.metrics_port))
+    monkeypatch.setenv("EVOQUALITY_METRICS_ADDR", "127.0.0.1")
+    monkeypatch.setenv("EVOQUALITY_VOTER_IMAGE", "registry.local/voter:1")
+    return kube_cluster
+
+
+@contextmanager
+def operator() -> Iterator[KopfRunner]:
+    """The operator (kopf, all namespaces) running in a thread for the `with` block."""
+    args = ["run", "--standalone", "-A", "-m", "evoquality_operator.handlers"]
+    with KopfRunner(args, timeout=30) as runner:
+        yield runner
 
 
 # ---------------------------------------------------------------------------------------------
