@@ -65,8 +65,11 @@ def run(
         err.print(f"metrics on http://127.0.0.1:{metrics_port}/metrics")
     try:
         runner = Runner(spec_run, workdir.resolve(), jobs=jobs, metrics=metrics, console=err)
-        if not resume and runner.store.exists(artifacts.SPEC_KEY):
-            fail(f"run {spec_run.metadata.name} exists under {runner.root}; drop --no-resume")
+    except RunError as exc:  # a bad work dir is bad input
+        fail(str(exc))
+    if not resume and runner.store.exists(artifacts.SPEC_KEY):
+        fail(f"run {spec_run.metadata.name} exists under {runner.root}; drop --no-resume")
+    try:
         outcome = runner.execute()
     except RunError as exc:
         fail(str(exc), code=1)

@@ -45,7 +45,7 @@ class PretrainSettings:
     label_noise: float = 1.0  # std of the fixed per-image noise added to the pseudo-MOS
     families: tuple[str, ...] | None = None  # distortion families trained on (None = all)
     compare_share: float = 0.5  # share of comparison examples in a batch
-    visual_lr_scale: float = 10.0  # learning-rate factor of the vision tower (see _optimizer)
+    visual_lr_scale: float = 1.0  # learning-rate factor of the vision tower (see _optimizer)
     tiny_warmup_steps: int = 100  # the tiny model's own format warm-up (random answers)
 
 
