@@ -360,6 +360,8 @@ class Runner:
         names = sorted(
             {k.rsplit(".", 1)[0] for m in evals.values() for k in m if k.endswith(".srcc")}
         )
+        if len(names) == 2 and "wavg" in names:  # one benchmark: its average adds nothing
+            names.remove("wavg")
         table = Table(title=f"{self.run.metadata.name}: SRCC / PLCC per benchmark")
         table.add_column("model")
         for bench in names:
