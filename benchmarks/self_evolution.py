@@ -202,7 +202,7 @@ def run_arm(arm: str, seed: int, out: Path, cache: Path, n_eval: int, overrides=
             else:
                 _stage("rank", run_uri, spec_file, r)
         train = _stage("train", run_uri, spec_file, r)
-        info["reward"] = train["metrics"].get("train_reward") or train["metrics"].get("reward")
+        info["reward"] = train["metrics"].get("reward_mean")
         store = open_store(run_uri)
         ckpt = artifacts.resolve(store, artifacts.read_summary(store, "train", r), "checkpoint")
         model_path = resolve_model(store.uri_for(ckpt), cache)
@@ -257,7 +257,9 @@ def plot(results: list[dict], base: dict[int, dict], path: Path) -> None:
     ):
         for arm in dict.fromkeys(r["arm"] for r in results):
             runs = [r for r in results if r["arm"] == arm]
-            curves = np.array([[base[r["seed"]][key]] + [x[key] for x in r["rounds"]] for r in runs])
+            curves = np.array(
+                [[base[r["seed"]][key]] + [x[key] for x in r["rounds"]] for r in runs]
+            )
             x = np.arange(curves.shape[1])
             ax.errorbar(x, curves.mean(0), yerr=curves.std(0), label=arm, capsize=3, marker="o")
         ax.axhline(base_mean[key], color="grey", lw=0.8, ls="--")

@@ -154,10 +154,10 @@ def make_tiny_model_cmd(
             "pseudo-MOS of SynIQA training references (the `tiny-weak` base)."
         ),
     ] = False,
-    pretrain_steps: Annotated[int, typer.Option(min=1, help="Supervised steps.")] = 200,
+    pretrain_steps: Annotated[int, typer.Option(min=1, help="Supervised steps.")] = 600,
     label_noise: Annotated[
         float, typer.Option(min=0.0, help="Std of the noise added to the pseudo-MOS targets.")
-    ] = 1.0,
+    ] = 0.5,
 ) -> None:
     """Build a tiny random Qwen2.5-VL-architecture model offline (tests, quickstart)."""
     if pretrain:
