@@ -88,6 +88,7 @@ def _plot_votes(data: dict, path: Path) -> None:
         ys = [e["vote"].get(key) for e in rounds]
         ax.plot(x, [float("nan") if y is None else y for y in ys], marker="o", label=label)
     ax.set_xlabel("round")
+    ax.set_xticks(x)
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
