@@ -5,8 +5,10 @@ oracle arm, committed as the round's rank attempt), then the train stage, then h
 the new policy vs the weak base (`tiny-weak`). If this fails while the base has real perception,
 the reward/GRPO wiring is wrong (docs/self-evolution.md).
 
-Status: the weak base does not yet acquire image perception (docs/self-evolution.md), so the
-oracle has nothing to amplify; the test is marked `experiment` + `xfail` until that is fixed.
+Status: with the current weak base this FAILS (the base barely perceives quality, so the oracle
+has little to amplify; docs/self-evolution.md). It is marked `experiment`, which the default run
+deselects: run it with `pytest -m experiment`. tests/e2e/test_grpo_learns_oracle.py is the wiring
+check that CI runs.
 """
 
 import importlib.util
@@ -30,7 +32,6 @@ def _bench():
 
 @pytest.mark.slow
 @pytest.mark.experiment
-@pytest.mark.xfail(reason="weak base has no image perception yet (docs/self-evolution.md)")
 def test_oracle_control_improves_heldout_srcc(tmp_path, monkeypatch):
     monkeypatch.setenv("EVOQUALITY_CACHE", os.environ.get("EVOQUALITY_CACHE", str(tmp_path / "c")))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
