@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from evoquality.tiny_model import answer_step
+
 WEAK_MARKER_FILE = "evoquality_weak.json"
 WEAK_VERSION = 1
 
@@ -119,7 +121,6 @@ def _optimizer(model, settings: PretrainSettings):
 
 def _supervised_steps(model, processor, images, targets, settings: PretrainSettings) -> float:
     """Teacher-forced steps on scoring and comparison answers (loss on the answer tokens only)."""
-    import torch
 
     from evoquality import prompts
     from evoquality.engines.base import build_messages
@@ -151,18 +152,7 @@ def _supervised_steps(model, processor, images, targets, settings: PretrainSetti
                 i = int(rng.integers(0, len(images)))
                 texts.append(prompt_text[1] + score_answer(targets[i]) + "<|im_end|>\n")
                 batch_images.append([images[i]])
-        inputs = processor(text=texts, images=batch_images, return_tensors="pt", padding=True)
-        labels = inputs["input_ids"].clone()
-        labels[inputs["attention_mask"] == 0] = -100
-        for row in range(labels.shape[0]):  # up to and including "<|im_start|>assistant\n"
-            starts = (inputs["input_ids"][row] == im_start).nonzero().flatten()
-            labels[row, : int(starts[-1]) + 3] = -100
-        out = model(**inputs, labels=labels)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss_value = float(out.loss.detach())
+        loss_value = answer_step(model, processor, optimizer, texts, batch_images, im_start)
     model.eval()
     return loss_value
 

@@ -233,21 +233,31 @@ def _warm_up(model, processor, steps: int, image_size: int, seed: int) -> float:
             )
             texts.append(prompt + _answer(rng, kind, reasoning) + "<|im_end|>\n")
             images.append([_random_image(rng, image_size) for _ in range(n_images)])
-        inputs = processor(text=texts, images=images, return_tensors="pt", padding=True)
-        labels = inputs["input_ids"].clone()
-        labels[inputs["attention_mask"] == 0] = -100
-        # Mask everything up to and including the last "<|im_start|>assistant\n".
-        for row in range(labels.shape[0]):
-            starts = (inputs["input_ids"][row] == im_start).nonzero().flatten()
-            labels[row, : int(starts[-1]) + 3] = -100
-        out = model(**inputs, labels=labels)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss_value = float(out.loss.detach())
+        loss_value = answer_step(model, processor, optimizer, texts, images, im_start)
     model.eval()
     return loss_value
+
+
+def answer_step(model, processor, optimizer, texts, images, im_start: int) -> float:
+    """One teacher-forced step on chat texts whose loss covers the answer tokens only.
+
+    Everything up to and including the last "<|im_start|>assistant\n" is masked, as is padding.
+    Shared by the format warm-up here and the weak-base pre-training (`evoquality.pretrain`).
+    """
+    import torch
+
+    inputs = processor(text=texts, images=images, return_tensors="pt", padding=True)
+    labels = inputs["input_ids"].clone()
+    labels[inputs["attention_mask"] == 0] = -100
+    for row in range(labels.shape[0]):
+        starts = (inputs["input_ids"][row] == im_start).nonzero().flatten()
+        labels[row, : int(starts[-1]) + 3] = -100
+    out = model(**inputs, labels=labels)
+    out.loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(out.loss.detach())
 
 
 def make_tiny_model(
