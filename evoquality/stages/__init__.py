@@ -6,8 +6,10 @@ its summary is already committed, and print the summary line last.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from importlib import import_module
 
+from evoquality import artifacts
 from evoquality.stages.context import StageArgs, StageContext, StageError, emit_summary
 
 STAGE_NAMES = ("vote", "rank", "train", "eval")
@@ -17,10 +19,16 @@ def run_stage(args: StageArgs) -> dict:
     """Run one stage (a no-op when already committed) and print its summary line."""
     if args.stage not in STAGE_NAMES:
         raise StageError(f"unknown stage {args.stage!r}: use one of {', '.join(STAGE_NAMES)}")
-    if args.stage != "vote" and args.shard is not None:
+    if args.round is None and args.stage != "eval":
+        raise StageError(f"{args.stage} needs a round number (only eval runs on `base`)")
+    if args.stage == "vote":  # always sharded: an unsharded call is shard 0 of 1
+        args = replace(args, shard=args.shard or 0, num_shards=args.num_shards or 1)
+    elif args.shard is not None or args.num_shards is not None:
         raise StageError("only the vote stage is sharded")
     ctx = StageContext(args)
-    summary = import_module(f"evoquality.stages.{args.stage}").run(ctx)
+    summary = artifacts.read_summary(ctx.store, args.stage, args.round, args.shard, args.num_shards)
+    if summary is None:
+        summary = import_module(f"evoquality.stages.{args.stage}").run(ctx)
     emit_summary(summary)
     return summary
 

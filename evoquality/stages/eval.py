@@ -73,9 +73,6 @@ def score_benchmark(
 
 def run(ctx: StageContext) -> dict:
     round_index = ctx.args.round
-    done = artifacts.read_summary(ctx.store, "eval", round_index)
-    if done is not None:
-        return done
     evaluation = ctx.spec.evaluation
     benches = [(b, b.name) for b in evaluation.benchmarks]
     if evaluation.validation is not None:

@@ -45,11 +45,6 @@ def merged_votes(ctx: StageContext, round_index: int) -> pa.Table:
 
 def run(ctx: StageContext) -> dict:
     round_index = ctx.args.round
-    if round_index is None:
-        raise StageError("rank needs a round number")
-    done = artifacts.read_summary(ctx.store, "rank", round_index)
-    if done is not None:
-        return done
     votes = merged_votes(ctx, round_index)
     if votes.num_rows == 0:
         raise StageError(f"round {round_index} has no votes to rank")

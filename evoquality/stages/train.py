@@ -94,11 +94,6 @@ def run(ctx: StageContext) -> dict:
     from evoquality.training import train_round
 
     round_index = ctx.args.round
-    if round_index is None:
-        raise StageError("train needs a round number")
-    done = artifacts.read_summary(ctx.store, "train", round_index)
-    if done is not None:
-        return done
     rows = build_rows(ctx, round_index)
     model_path = ctx.policy_model(round_index)
     attempt = artifacts.StageAttempt(ctx.store, "train", round_index)

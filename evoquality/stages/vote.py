@@ -46,15 +46,9 @@ def previous_scores(ctx: StageContext, round_index: int, keys: list[str]) -> np.
 
 def run(ctx: StageContext) -> dict:
     args, spec = ctx.args, ctx.spec
-    round_index = args.round
-    if round_index is None:
-        raise StageError("vote needs a round number")
-    shard, num_shards = args.shard or 0, args.num_shards or 1
+    round_index, shard, num_shards = args.round, args.shard, args.num_shards
     if num_shards != spec.voting.shards:
         raise StageError(f"--num-shards {num_shards} differs from spec voting.shards")
-    done = artifacts.read_summary(ctx.store, "vote", round_index, shard, num_shards)
-    if done is not None:
-        return done
 
     simulated = spec.model.engine == "simulated"
     pool = round_pool(spec, round_index, ctx.cache, with_truth=simulated)
