@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from evoquality.pretrain import PretrainSettings
 from evoquality.spec import SpecError, load_run
 
 app = typer.Typer(
@@ -154,14 +155,16 @@ def make_tiny_model_cmd(
             "pseudo-MOS of SynIQA training references (the `tiny-weak` base)."
         ),
     ] = False,
-    pretrain_steps: Annotated[int, typer.Option(min=1, help="Supervised steps.")] = 600,
+    pretrain_steps: Annotated[
+        int, typer.Option(min=1, help="Supervised steps.")
+    ] = PretrainSettings.steps,
     label_noise: Annotated[
         float, typer.Option(min=0.0, help="Std of the noise added to the pseudo-MOS targets.")
-    ] = 0.5,
+    ] = PretrainSettings.label_noise,
 ) -> None:
     """Build a tiny random Qwen2.5-VL-architecture model offline (tests, quickstart)."""
     if pretrain:
-        from evoquality.pretrain import PretrainSettings, pretrain_weak_base
+        from evoquality.pretrain import pretrain_weak_base
         from evoquality.stages.context import cache_dir
 
         settings = PretrainSettings(seed=seed, steps=pretrain_steps, label_noise=label_noise)

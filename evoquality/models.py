@@ -48,9 +48,14 @@ def _resolve_tiny(cache_dir: Path, seed: int = 0) -> str:
 
 
 def _resolve_tiny_weak(cache_dir: Path) -> str:
-    from evoquality.pretrain import WEAK_MARKER_FILE, PretrainSettings, build_weak_base_atomic
+    from evoquality.pretrain import (
+        WEAK_MARKER_FILE,
+        WEAK_VERSION,
+        PretrainSettings,
+        build_weak_base_atomic,
+    )
 
-    target = cache_dir / TINY_WEAK
+    target = cache_dir / f"{TINY_WEAK}-v{WEAK_VERSION}"  # a new recipe never reuses an old build
     if (target / WEAK_MARKER_FILE).exists():
         return str(target)
     with _lock(cache_dir / f"{TINY_WEAK}.lock"):

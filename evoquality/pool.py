@@ -41,7 +41,8 @@ def stable_seed(*parts: object) -> int:
 
 
 def resolve_manifest(uri: str, cache: Path) -> str:
-    """A manifest URI as `read_manifest` takes it; `syniqa:<split>[?size=N]` is built on first use.
+    """A manifest URI as `read_manifest` takes it; `syniqa:<split>[?size=N&crops=C]` is built on
+    first use (C scenes per photo, `evoquality.data.syniqa.reference_crops`; default 1).
 
     SynIQA splits hold out references: `train` and `test` never share a reference photo.
     """
@@ -53,11 +54,14 @@ def resolve_manifest(uri: str, cache: Path) -> str:
         raise ValueError(f"{uri}: unknown SynIQA split {split!r}; use one of {SYNIQA_SPLITS}")
     query = parse_qs(parsed.query)
     size = int(query.get("size", ["56"])[0])
-    root = cache / "datasets" / f"syniqa-{size}"
+    crops = int(query.get("crops", ["1"])[0])
+    if crops < 1:
+        raise ValueError(f"{uri}: crops must be >= 1")
+    root = cache / "datasets" / (f"syniqa-{size}" if crops == 1 else f"syniqa-{size}-c{crops}")
     full = root / "manifest.csv"
     if not full.exists():
         tmp = root.with_name(f"{root.name}.tmp-{os.getpid()}")
-        build_syniqa(tmp, size=size)
+        build_syniqa(tmp, size=size, crops=crops)
         try:
             tmp.rename(root)
         except OSError:  # another process built it first: keep theirs

@@ -144,7 +144,9 @@ def _train_tokenizer(vocab_size: int, seed: int):
     return tokenizer
 
 
-def _config(tokenizer, vocab_size: int, hidden_size: int, layers: int):
+def _config(
+    tokenizer, vocab_size: int, hidden_size: int, layers: int, vision_hidden: int, vision_depth: int
+):
     from transformers import Qwen2_5_VLConfig
 
     heads = 4
@@ -168,12 +170,12 @@ def _config(tokenizer, vocab_size: int, hidden_size: int, layers: int):
         "tie_word_embeddings": False,
     }
     vision_config = {
-        "depth": 2,
-        "hidden_size": 32,
-        "intermediate_size": 64,
+        "depth": vision_depth,
+        "hidden_size": vision_hidden,
+        "intermediate_size": vision_hidden * 2,
         "num_heads": 2,
         "out_hidden_size": hidden_size,
-        "fullatt_block_indexes": [1],
+        "fullatt_block_indexes": [vision_depth - 1],
         "window_size": 112,
         "patch_size": 14,
         "spatial_merge_size": 2,
@@ -189,6 +191,45 @@ def _config(tokenizer, vocab_size: int, hidden_size: int, layers: int):
         vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=False,
     )
+
+
+def frequency_filter_bank(
+    out_channels: int, patch: int, temporal: int, seed: int, bands: int = 6
+) -> np.ndarray:
+    """A patch-embedding weight ``(out, 3, temporal, patch, patch)`` made of 2-D DCT band filters.
+
+    Channel 0 is the luma mean, channels 1-2 the two chroma means; every other channel sums the
+    luma DCT coefficients of one frequency band (log-spaced by radius, channels cycling over the
+    bands) with random signs. After the vision tower's RMSNorm a patch's embedding direction then
+    tells how its energy spreads over brightness, colour and frequency bands: the cues of blur,
+    noise, blockiness and contrast, which a random projection followed by a norm hides.
+    """
+    rng = np.random.default_rng(seed)
+    n = np.arange(patch)
+    # Orthonormal DCT-II basis: dct[u, x].
+    dct = np.sqrt(2.0 / patch) * np.cos(np.pi * (2 * n[None, :] + 1) * n[:, None] / (2 * patch))
+    dct[0] /= np.sqrt(2.0)
+    luma = np.ones(3) / np.sqrt(3.0)
+    chroma = (np.array([1.0, -1.0, 0.0]) / np.sqrt(2.0), np.array([1.0, 1.0, -2.0]) / np.sqrt(6.0))
+    time_avg = np.ones(temporal) / np.sqrt(temporal)
+    u, v = np.meshgrid(n, n, indexing="ij")
+    radius = np.hypot(u, v)
+    edges = np.geomspace(1.0, radius.max() + 1e-6, bands + 1)
+    band_of = np.digitize(radius, edges) - 1  # -1 for DC
+    weight = np.zeros((out_channels, 3, temporal, patch, patch))
+
+    def put(k: int, colour: np.ndarray, spatial: np.ndarray) -> None:
+        spatial = spatial / np.linalg.norm(spatial)
+        weight[k] = colour[:, None, None, None] * time_avg[None, :, None, None] * spatial
+
+    dc = np.outer(dct[0], dct[0])
+    for k, colour in enumerate((luma, *chroma)[:out_channels]):
+        put(k, colour, dc)
+    for k in range(3, out_channels):
+        band = (k - 3) % bands
+        signs = rng.choice([-1.0, 1.0], size=(patch, patch)) * (band_of == band)
+        put(k, luma, np.einsum("uv,ux,vy->xy", signs, dct, dct))
+    return weight.astype(np.float32)
 
 
 def _random_image(rng: np.random.Generator, size: int):
@@ -238,11 +279,15 @@ def _warm_up(model, processor, steps: int, image_size: int, seed: int) -> float:
     return loss_value
 
 
-def answer_step(model, processor, optimizer, texts, images, im_start: int) -> float:
+def answer_step(
+    model, processor, optimizer, texts, images, im_start: int, extra_loss=None
+) -> float:
     """One teacher-forced step on chat texts whose loss covers the answer tokens only.
 
     Everything up to and including the last "<|im_start|>assistant\n" is masked, as is padding.
-    Shared by the format warm-up here and the weak-base pre-training (`evoquality.pretrain`).
+    ``extra_loss(inputs)``, when given, is added to the answer loss (the weak-base pre-training's
+    vision auxiliary loss). Shared by the format warm-up here and the weak-base pre-training
+    (`evoquality.pretrain`).
     """
     import torch
 
@@ -253,7 +298,8 @@ def answer_step(model, processor, optimizer, texts, images, im_start: int) -> fl
         starts = (inputs["input_ids"][row] == im_start).nonzero().flatten()
         labels[row, : int(starts[-1]) + 3] = -100
     out = model(**inputs, labels=labels)
-    out.loss.backward()
+    loss = out.loss if extra_loss is None else out.loss + extra_loss(inputs)
+    loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -268,6 +314,9 @@ def make_tiny_model(
     hidden_size: int = 64,
     layers: int = 2,
     warmup_steps: int = 100,
+    vision_hidden_size: int = 32,
+    vision_depth: int = 2,
+    patch_init: str = "random",
 ) -> Path:
     """Build the tiny model into ``out_dir`` (created; must be empty or absent) and return it.
 
@@ -303,10 +352,17 @@ def make_tiny_model(
         chat_template=chat_template_text(),
     )
 
-    config = _config(tokenizer, vocab_size, hidden_size, layers)
+    config = _config(tokenizer, vocab_size, hidden_size, layers, vision_hidden_size, vision_depth)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Qwen2_5_VLForConditionalGeneration(config).float()
+        if patch_init == "frequency":
+            proj = model.model.visual.patch_embed.proj.weight
+            bank = frequency_filter_bank(proj.shape[0], proj.shape[-1], proj.shape[2], seed)
+            with torch.no_grad():
+                proj.copy_(torch.from_numpy(bank) * float(proj.flatten(1).norm(dim=1).mean()))
+        elif patch_init != "random":
+            raise ValueError(f"patch_init must be 'random' or 'frequency', not {patch_init!r}")
         loss = _warm_up(model, processor, warmup_steps, image_size, seed) if warmup_steps else None
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_end|>")}
@@ -332,6 +388,9 @@ def make_tiny_model(
         "vocab_size": vocab_size,
         "hidden_size": hidden_size,
         "layers": layers,
+        "vision_hidden_size": vision_hidden_size,
+        "vision_depth": vision_depth,
+        "patch_init": patch_init,
         "warmup_steps": warmup_steps,
         "warmup_final_loss": loss,
         "parameters": n_params,

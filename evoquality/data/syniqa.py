@@ -51,8 +51,8 @@ def pseudo_mos(distortion: str, level: int) -> float:
     return 5.0 if level == 0 else round(5.0 - STRENGTH[distortion] * level, 2)
 
 
-def load_reference(name: str, size: int) -> tuple[Image.Image, bool]:
-    """A scikit-image photo, center-cropped square, resized to `size`; also whether it is grey."""
+def _photo(name: str) -> tuple[np.ndarray, bool]:
+    """A scikit-image photo as an RGB uint8 array; also whether it is grey."""
     import skimage.data
 
     if name not in REFERENCES:
@@ -61,12 +61,37 @@ def load_reference(name: str, size: int) -> tuple[Image.Image, bool]:
     if isinstance(array, tuple):  # stereo_motorcycle: (left, right, disparity)
         array = array[0]
     grey = array.ndim == 2
-    array = np.stack([array] * 3, axis=-1) if grey else array[..., :3]
+    return (np.stack([array] * 3, axis=-1) if grey else array[..., :3]), grey
+
+
+def load_reference(name: str, size: int) -> tuple[Image.Image, bool]:
+    """A scikit-image photo, center-cropped square, resized to `size`; also whether it is grey."""
+    array, grey = _photo(name)
     h, w = array.shape[:2]
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
     square = Image.fromarray(array[top : top + side, left : left + side])
     return square.resize((size, size), Image.Resampling.BICUBIC), grey
+
+
+def reference_crops(
+    name: str, size: int, crops: int, seed: int = 0
+) -> tuple[list[Image.Image], bool]:
+    """`crops` square crops of a photo (side 35-100 % of its short side, anywhere), resized to
+    `size`; crop 0 is the center square (`load_reference`). Deterministic for (seed, name)."""
+    if crops < 1:
+        raise ValueError(f"crops must be >= 1, got {crops}")
+    center, grey = load_reference(name, size)
+    array, _ = _photo(name)
+    h, w = array.shape[:2]
+    rng = np.random.default_rng(_seed(seed, name, "crop", 0))
+    images = [center]
+    for _ in range(crops - 1):
+        side = int(rng.uniform(0.35, 1.0) * min(h, w))
+        top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        crop = Image.fromarray(array[top : top + side, left : left + side])
+        images.append(crop.resize((size, size), Image.Resampling.BICUBIC))
+    return images, grey
 
 
 def _seed(seed: int, reference: str, distortion: str, level: int) -> int:
@@ -82,11 +107,14 @@ def build_syniqa(
     levels: int = LEVELS,
     distortions: list[str] | None = None,
     seed: int = 0,
+    crops: int = 1,
 ) -> Path:
     """Write the benchmark's PNGs and `manifest.csv` under `out_dir`; returns the manifest path.
 
-    Columns: image (relative path), mos, reference, distortion ("pristine" for references),
-    level (0 for references).
+    Columns: image (relative path), mos, reference (the photo), crop (0 = the center square),
+    distortion ("pristine" for references), level (0 for references). With ``crops`` > 1 every
+    photo gives that many scenes (`reference_crops`), each with all its distortions: more
+    content variety for the same photos, so a model must learn quality cues, not the photos.
     """
     references = list(REFERENCES if references is None else references)
     distortions = list(DISTORTIONS if distortions is None else distortions)
@@ -99,30 +127,34 @@ def build_syniqa(
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     rows = []
 
-    def add(img: Image.Image, reference: str, distortion: str, level: int) -> None:
-        rel = f"images/{reference}__{distortion}_{level}.png"
+    def add(img: Image.Image, reference: str, crop: int, distortion: str, level: int) -> None:
+        scene = reference if crop == 0 else f"{reference}-c{crop}"
+        rel = f"images/{scene}__{distortion}_{level}.png"
         img.save(out_dir / rel)
         rows.append(
             {
                 "image": rel,
                 "mos": pseudo_mos(distortion, level),
                 "reference": reference,
+                "crop": crop,
                 "distortion": distortion,
                 "level": level,
             }
         )
 
     for reference in references:
-        ref_img, grey = load_reference(reference, size)
-        add(ref_img, reference, PRISTINE, 0)
-        for distortion in distortions:
-            if grey and distortion in COLOR_ONLY:
-                continue
-            for level in range(1, levels + 1):
-                variant = distort(
-                    ref_img, distortion, level, _seed(seed, reference, distortion, level)
-                )
-                add(variant, reference, distortion, level)
+        scenes, grey = reference_crops(reference, size, crops, seed)
+        for crop, ref_img in enumerate(scenes):
+            add(ref_img, reference, crop, PRISTINE, 0)
+            scene = reference if crop == 0 else f"{reference}-c{crop}"
+            for distortion in distortions:
+                if grey and distortion in COLOR_ONLY:
+                    continue
+                for level in range(1, levels + 1):
+                    variant = distort(
+                        ref_img, distortion, level, _seed(seed, scene, distortion, level)
+                    )
+                    add(variant, reference, crop, distortion, level)
     manifest = out_dir / MANIFEST_NAME
     write_manifest(manifest, rows)
     return manifest

@@ -39,3 +39,30 @@ def test_answers_parse_back():
     assert parse_choice(compare_answer(4.0, 2.0, rng)) == 0
     assert parse_choice(compare_answer(2.0, 4.0, rng)) == 1
     assert {parse_choice(compare_answer(3.0, 3.0, rng)) for _ in range(50)} == {0, 1}
+
+
+def test_frequency_filter_bank_separates_brightness_colour_and_frequency():
+    from evoquality.tiny_model import frequency_filter_bank
+
+    bank = frequency_filter_bank(32, 14, 2, seed=0)
+    assert bank.shape == (32, 3, 2, 14, 14) and bank.dtype == np.float32
+    flat = bank.reshape(32, -1).astype(np.float64)
+    assert np.allclose(np.linalg.norm(flat, axis=1), 1.0, atol=1e-5)
+
+    def response(patch: np.ndarray) -> np.ndarray:  # patch: (3, 14, 14), same in both frames
+        return flat @ np.stack([patch, patch], axis=1).ravel()
+
+    flat_grey = response(np.full((3, 14, 14), 0.7))
+    assert abs(flat_grey[0]) > 1 and np.allclose(flat_grey[1:], 0, atol=1e-5)
+    tinted = response(np.stack([np.full((14, 14), v) for v in (0.9, 0.2, 0.2)]))
+    assert abs(tinted[1]) > 0.5
+    rng = np.random.default_rng(0)
+    smooth = np.tile(np.linspace(0, 1, 14), (3, 14, 1))
+    noisy = smooth + rng.normal(0, 0.3, smooth.shape)
+    # Channels 3.. cycle over 6 bands, coarse to fine: a ramp's energy sits in the coarsest band,
+    # noise adds energy to the finest.
+    coarse, fine = slice(3, 32, 6), slice(8, 32, 6)
+    ramp, speckled = response(smooth), response(noisy)
+    assert (ramp[coarse] ** 2).sum() > 100 * (ramp[fine] ** 2).sum()
+    assert (speckled[fine] ** 2).sum() > 100 * (ramp[fine] ** 2).sum()
+    assert np.array_equal(bank, frequency_filter_bank(32, 14, 2, seed=0))

@@ -19,6 +19,7 @@ from evoquality.data.syniqa import (
     REFERENCES,
     build_syniqa,
     load_reference,
+    reference_crops,
     split_references,
     subset_by_references,
 )
@@ -46,7 +47,8 @@ def test_default_build_counts_and_speed(default_build):
     assert sorted(p.name for p in (path.parent / "images").iterdir()) == sorted(
         i.split("/")[-1] for i in m.ids
     )
-    assert set(m.columns) == {"reference", "distortion", "level"}
+    assert set(m.columns) == {"reference", "crop", "distortion", "level"}
+    assert set(m.columns["crop"]) == {"0"}
     sizes = {Image.open(p).size for p in m.images[:: max(1, len(m) // 20)]}
     assert sizes == {(112, 112)}
 
@@ -86,6 +88,35 @@ def test_build_is_deterministic_and_seeded(tmp_path):
     assert _digest(first) != _digest(build_syniqa(tmp_path / "c", seed=1, **kwargs))
     m = read_manifest(str(first))
     assert len(m) == 2 + 2 * (len(DISTORTIONS) + len(DISTORTIONS) - len(COLOR_ONLY))
+
+
+def test_reference_crops_are_deterministic_distinct_scenes():
+    crops, grey = reference_crops("coffee", 32, 4, seed=0)
+    assert len(crops) == 4 and not grey
+    assert all(c.size == (32, 32) for c in crops)
+    assert np.array_equal(np.asarray(crops[0]), np.asarray(load_reference("coffee", 32)[0]))
+    arrays = [np.asarray(c, dtype=np.float64) for c in crops]
+    assert all(np.abs(arrays[i] - arrays[j]).mean() > 5 for i in range(4) for j in range(i))
+    again, _ = reference_crops("coffee", 32, 4, seed=0)
+    assert all(
+        np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(crops, again, strict=True)
+    )
+    other, _ = reference_crops("coffee", 32, 4, seed=1)
+    assert not np.array_equal(np.asarray(crops[1]), np.asarray(other[1]))
+    with pytest.raises(ValueError, match="crops must be >= 1"):
+        reference_crops("coffee", 32, 0)
+
+
+def test_build_with_crops_keeps_the_photo_as_reference(tmp_path):
+    m = read_manifest(
+        str(build_syniqa(tmp_path, size=32, references=["coffee"], levels=1, crops=3))
+    )
+    per_scene = 1 + len(DISTORTIONS)
+    assert len(m) == 3 * per_scene and len(set(m.ids)) == len(m)
+    assert set(m.columns["reference"]) == {"coffee"}
+    assert sorted(m.columns["crop"]) == sorted(["0", "1", "2"] * per_scene)
+    # Held-out splits stay photo-disjoint: subsetting by photo keeps every crop.
+    assert len(subset_by_references(m, ["coffee"])) == len(m)
 
 
 def test_build_rejects_bad_arguments(tmp_path):
@@ -149,3 +180,17 @@ def test_split_and_subset_by_references(default_build):
     assert len(sub) == sum(r in held_out for r in m.columns["reference"])
     with pytest.raises(ManifestError, match="no images of references"):
         subset_by_references(sub, train[:1])
+
+
+def test_builtin_uri_with_crops_is_built_once_and_split_by_photo(tmp_path):
+    from evoquality.pool import load_manifest, resolve_manifest
+
+    train = load_manifest("syniqa:train?size=28&crops=2", tmp_path)
+    test = load_manifest("syniqa:test?size=28&crops=2", tmp_path)
+    assert {"syniqa-28-c2"} == {p.name for p in (tmp_path / "datasets").iterdir()}
+    assert not set(train.columns["reference"]) & set(test.columns["reference"])
+    assert set(train.columns["crop"]) == set(test.columns["crop"]) == {"0", "1"}
+    plain = load_manifest("syniqa:test?size=28", tmp_path)
+    assert len(test) == 2 * len(plain)
+    with pytest.raises(ValueError, match="crops must be >= 1"):
+        resolve_manifest("syniqa:test?size=28&crops=0", tmp_path)

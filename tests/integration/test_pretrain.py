@@ -1,0 +1,66 @@
+"""The weak-base pre-training (evoquality.pretrain) on the real tiny model: a short build saves a
+loadable model without the auxiliary head, and the vision probe's loss trains the vision tower."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from evoquality.pretrain import WEAK_MARKER_FILE, PretrainSettings, VisionProbe, pretrain_weak_base
+from evoquality.tiny_model import MARKER_FILE, make_tiny_model
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def test_short_pretrain_saves_a_plain_qwen_model(tmp_path):
+    from safetensors import safe_open
+    from transformers import AutoModelForImageTextToText
+
+    settings = PretrainSettings(steps=3, crops=1, batch_size=4, tiny_warmup_steps=0)
+    out = pretrain_weak_base(tmp_path / "weak", tmp_path / "cache", settings)
+    marker = json.loads((out / WEAK_MARKER_FILE).read_text())
+    assert marker["steps"] == 3 and marker["patch_init"] == "frequency"
+    from evoquality.pool import load_manifest
+
+    train = load_manifest("syniqa:train?size=56", tmp_path / "cache")
+    assert marker["training_images"] == len(train)  # every training-photo image, no held-out one
+    tiny = json.loads((out / MARKER_FILE).read_text())
+    assert tiny["patch_init"] == "frequency"
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert not [k for k in keys if "head" in k and "lm_head" not in k]
+    model = AutoModelForImageTextToText.from_pretrained(out)
+    assert type(model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+
+
+def test_vision_probe_loss_reaches_the_vision_tower(tmp_path):
+    import torch
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    path = make_tiny_model(tmp_path / "m", warmup_steps=0, patch_init="frequency")
+    model = AutoModelForImageTextToText.from_pretrained(path)
+    processor = AutoProcessor.from_pretrained(path)
+    images = [Image.fromarray(np.full((56, 56, 3), v, np.uint8)) for v in (30, 90, 150, 210)]
+    inputs = processor.image_processor(images=images, return_tensors="pt")
+    probe = VisionProbe(model, weight=1.0)
+    probe.targets = [1.0, 2.0, 4.0, 5.0]
+    visual = [p for n, p in model.named_parameters() if "visual" in n]
+    optimizer = torch.optim.Adam(visual + probe.parameters(), lr=1e-2)
+    first = float(probe(inputs))
+    for _ in range(30):
+        loss = probe(inputs)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert float(probe(inputs)) < 0.2 * first
+
+
+def test_unknown_patch_init_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="patch_init"):
+        make_tiny_model(tmp_path / "m", warmup_steps=0, patch_init="dct")
