@@ -215,8 +215,9 @@ def run_arm(arm: str, seed: int, out: Path, cache: Path, n_eval: int, overrides=
 
 def table(results: list[dict], base: dict[int, dict]) -> str:
     lines = [
-        "| arm | round | SRCC (1 sample) | SRCC (mean of n) | PLCC (mean of n) | vote agreement |",
-        "|---|---|---|---|---|---|",
+        "| arm | round | SRCC (1 sample) | SRCC (mean of n) | PLCC (mean of n) "
+        "| gain over base (1 sample / mean of n) | vote agreement |",
+        "|---|---|---|---|---|---|---|",
     ]
 
     def cell(values):
@@ -228,16 +229,19 @@ def table(results: list[dict], base: dict[int, dict]) -> str:
     bases = list(base.values())
     lines.append(
         f"| base | - | {cell([b['srcc1'] for b in bases])} | {cell([b['srcc'] for b in bases])} "
-        f"| {cell([b['plcc'] for b in bases])} | - |"
+        f"| {cell([b['plcc'] for b in bases])} | - | - |"
     )
     for arm in dict.fromkeys(r["arm"] for r in results):
         runs = [r for r in results if r["arm"] == arm]
         for k in range(len(runs[0]["rounds"])):
-            rows = [r["rounds"][k] for r in runs if len(r["rounds"]) > k]
+            paired = [(r["rounds"][k], base[r["seed"]]) for r in runs if len(r["rounds"]) > k]
+            rows = [x for x, _ in paired]
+            gain1 = cell([x["srcc1"] - b["srcc1"] for x, b in paired])
+            gain = cell([x["srcc"] - b["srcc"] for x, b in paired])
             lines.append(
                 f"| {arm} | {k} | {cell([x['srcc1'] for x in rows])} | "
                 f"{cell([x['srcc'] for x in rows])} | {cell([x['plcc'] for x in rows])} | "
-                f"{cell([x.get('agreement') for x in rows])} |"
+                f"{gain1} / {gain} | {cell([x.get('agreement') for x in rows])} |"
             )
     n = len({r["seed"] for r in results})
     lines.append(f"\nmean ± std over {n} seed(s)")
@@ -276,7 +280,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     parser.add_argument("--out", type=Path, default=Path("/tmp/evoquality-self-evolution"))
-    parser.add_argument("--n-eval", type=int, default=4, help="sampled scores per image")
+    parser.add_argument("--n-eval", type=int, default=16, help="sampled scores per image")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "self-evolution.png")
     parser.add_argument("--set", nargs="*", default=[], help="spec overrides: a.b=value (YAML)")
     args = parser.parse_args()

@@ -151,8 +151,8 @@ def make_tiny_model_cmd(
     pretrain: Annotated[
         bool,
         typer.Option(
-            help="Give it weak quality perception: a short supervised fine-tune on noisy "
-            "pseudo-MOS of SynIQA training references (the `tiny-weak` base)."
+            help="Give it weak quality perception: a short supervised fine-tune on the "
+            "pseudo-MOS of SynIQA training photos (the `tiny-weak` base, ~2 min)."
         ),
     ] = False,
     pretrain_steps: Annotated[

@@ -120,7 +120,7 @@ def resolve_model(
 
     * ``tiny``: the tiny model, built once into ``cache_dir/tiny`` (file lock + atomic rename);
     * ``tiny-weak``: the tiny model with weak pretrained perception (`evoquality.pretrain`), built
-      once into ``cache_dir/tiny-weak`` the same way;
+      once into ``cache_dir/tiny-weak-v<recipe version>`` the same way;
     * ``s3://...`` / ``file://...``: the model directory, downloaded once into ``cache_dir`` (keyed
       by a hash of the URI; ``store_factory(uri)`` opens the store, default
       ``evoquality.storage.open_store``);

@@ -10,7 +10,7 @@ supervised (teacher-forced) fine-tune on SynIQA images of the TRAINING photos on
 * the comparison prompt (``prompts.comparison_prompt(False)``) with ``\\boxed{0}`` / ``\\boxed{1}``,
 
 from the pseudo-MOS (plus optional fixed per-image noise, ``label_noise``). The base is weak by
-its budget: 2,000 steps of batch 8 on a 0.4 M-parameter model. Three choices make the little it
+its budget: 3,000 steps of batch 8 on a 0.4 M-parameter model. Three choices make the little it
 learns transfer to photos it never saw (measured in docs/self-evolution.md):
 
 * many scenes per photo (``crops``): with one scene per photo the model memorises the 7 photos
@@ -49,7 +49,7 @@ class PretrainSettings:
     seed: int = 0
     image_size: int = 56  # SynIQA side in pixels (`syniqa:train?size=...`)
     crops: int = 32  # scenes per training photo (`syniqa:train?crops=...`)
-    steps: int = 2000  # teacher-forced optimizer steps
+    steps: int = 3000  # teacher-forced optimizer steps
     batch_size: int = 8
     learning_rate: float = 1e-3
     label_noise: float = 0.0  # std of the fixed per-image noise added to the pseudo-MOS

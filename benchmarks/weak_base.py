@@ -1,0 +1,168 @@
+"""The weak base's perception and its recipe's ablations (docs/self-evolution.md, "Weak base").
+
+    HF_HUB_OFFLINE=1 EVOQUALITY_CACHE=/tmp/evo-cache python benchmarks/weak_base.py [--only recipe]
+
+Builds the `tiny-weak` recipe (`evoquality.pretrain.PretrainSettings()`) and variants that each
+drop one of its choices, then measures, deterministically (no sampling), on the HELD-OUT photos
+(`syniqa:test?crops=4`) and on 1,000 images of the training photos:
+
+* SRCC of the expected first score digit: from the next-token probabilities of ``1``..``5``
+  after ``\\boxed{`` in the scoring answer (what many sampled scores average to);
+* the spread (std) of that expected digit across images (0 = the model ignores the image);
+* comparison accuracy on 160 random pairs with different pseudo-MOS, from P(``0``) vs P(``1``)
+  after ``\\boxed{``, averaged over both image orders, and the position bias (mean P(first) - 0.5).
+
+Each variant takes ~1.5-2.5 min to build on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import spearmanr
+
+VARIANTS = {
+    "recipe": {},
+    "one scene per photo": {"crops": 1},
+    "random patch embedding": {"patch_init": "random"},
+    "no vision probe": {"vision_aux_weight": 0.0},
+    "v1 recipe (previous)": {
+        "families": ("darken", "contrast_decrease"),
+        "steps": 600,
+        "learning_rate": 3e-3,
+        "label_noise": 0.5,
+        "compare_share": 0.5,
+        "crops": 1,
+        "patch_init": "random",
+        "vision_aux_weight": 0.0,
+    },
+}
+
+
+class Probe:
+    """Next-token probabilities of a built model on the scoring and comparison prompts."""
+
+    def __init__(self, path: Path):
+        import torch
+        from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+        self.torch = torch
+        self.processor = AutoProcessor.from_pretrained(path)
+        self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path).eval()
+        tokenizer = self.processor.tokenizer
+        self.digits = [tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)]
+
+    def _prompt(self, n_images: int) -> str:
+        from evoquality import prompts
+        from evoquality.engines.base import build_messages
+
+        question = (
+            prompts.comparison_prompt(False) if n_images == 2 else prompts.scoring_prompt(False)
+        )
+        text = self.processor.apply_chat_template(
+            build_messages(n_images, question), tokenize=False, add_generation_prompt=True
+        )
+        return text + "\\boxed{"
+
+    def digit_probs(self, images: list[list]) -> np.ndarray:
+        texts = [self._prompt(len(images[0]))] * len(images)
+        out = []
+        for lo in range(0, len(texts), 32):
+            inputs = self.processor(
+                text=texts[lo : lo + 32],
+                images=images[lo : lo + 32],
+                return_tensors="pt",
+                padding=True,
+            )
+            with self.torch.no_grad():
+                logits = self.model(**inputs).logits[:, -1, :]
+            out.append(self.torch.softmax(logits, -1)[:, self.digits].numpy())
+        return np.concatenate(out)
+
+    def measure(self, images: list, mos: np.ndarray, seed: int = 0) -> dict:
+        p = self.digit_probs([[img] for img in images])[:, 1:6]
+        expected = (p * np.arange(1, 6)).sum(1) / p.sum(1)
+        rng = np.random.default_rng(seed)
+        pairs = [tuple(rng.choice(len(images), 2, replace=False)) for _ in range(160)]
+        pairs = [(a, b) for a, b in pairs if mos[a] != mos[b]]
+        q = self.digit_probs(
+            [[images[a], images[b]] for a, b in pairs] + [[images[b], images[a]] for a, b in pairs]
+        )
+        first = q[:, 0] / (q[:, 0] + q[:, 1])
+        n = len(pairs)
+        a_better = (first[:n] + 1 - first[n:]) / 2
+        truth = np.array([mos[a] > mos[b] for a, b in pairs])
+        return {
+            "srcc": float(spearmanr(expected, mos).statistic),
+            "spread": float(expected.std()),
+            "compare_acc": float(((a_better > 0.5) == truth).mean()),
+            "position_bias": float(first.mean() - 0.5),
+        }
+
+
+def load_split(uri: str, cache: Path, size: int, limit: int | None, seed: int = 0):
+    from evoquality.data.images import load_image, prepare_image
+    from evoquality.pool import load_manifest
+
+    manifest = load_manifest(uri, cache)
+    index = np.arange(len(manifest.images))
+    if limit and len(index) > limit:
+        index = np.sort(np.random.default_rng(seed).choice(index, limit, replace=False))
+    cap = max(28 * 28, size * size)
+    images = [prepare_image(load_image(manifest.images[i]), 28 * 28, cap) for i in index]
+    return images, np.asarray(manifest.mos, dtype=np.float64)[index]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="*", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--out", type=Path, default=Path("/tmp/evoquality-weak-base"))
+    args = parser.parse_args()
+    from evoquality.pretrain import PretrainSettings, pretrain_weak_base
+    from evoquality.stages.context import cache_dir
+
+    cache = cache_dir()
+    rows = []
+    for name in args.only:
+        settings = dataclasses.replace(PretrainSettings(), **VARIANTS[name])
+        path = args.out / name.replace(" ", "-")
+        shutil.rmtree(path, ignore_errors=True)
+        began = time.perf_counter()
+        pretrain_weak_base(path, cache, settings)
+        built = time.perf_counter() - began
+        probe = Probe(path)
+        size = settings.image_size
+        held_out = load_split(f"syniqa:test?size={size}&crops=4", cache, size, None)
+        train = load_split(
+            f"syniqa:train?size={size}&crops={settings.crops}", cache, size, limit=1000
+        )
+        row = {
+            "variant": name,
+            "build_s": round(built, 1),
+            "held_out": probe.measure(*held_out),
+            "train": probe.measure(*train),
+        }
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    print(
+        "\n| variant | held-out SRCC | held-out spread | held-out compare acc. | position bias "
+        "| train SRCC | build |\n|---|---|---|---|---|---|---|"
+    )
+    for r in rows:
+        h, t = r["held_out"], r["train"]
+        print(
+            f"| {r['variant']} | {h['srcc']:.3f} | {h['spread']:.3f} | {h['compare_acc']:.3f} "
+            f"| {h['position_bias']:+.3f} | {t['srcc']:.3f} | {r['build_s']:.0f} s |"
+        )
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()
