@@ -15,6 +15,9 @@ drop one of its choices, then measures, deterministically (no sampling), on the 
 * per distortion family, the held-out SRCC of the expected digit within that family (plus the
   pristine scenes).
 
+``--validation`` pre-trains on 5 of the 7 training photos and measures on the other 2 instead of
+the held-out photos, so the recipe's choices can be checked without reading the test split.
+
 ``--linear-probe`` instead fits a ridge regression (on the training photos' scenes) to features of
 the UNTRAINED vision tower's normalised patch embeddings (mean and mean square per channel) and
 reports its held-out SRCC, with a random and with the DCT band patch embedding: whether the
@@ -120,11 +123,14 @@ class Probe:
         }
 
 
-def load_split(uri: str, cache: Path, size: int, limit: int | None, seed: int = 0):
+def load_split(uri: str, cache: Path, size: int, limit: int | None, photos=None, seed: int = 0):
     from evoquality.data.images import load_image, prepare_image
+    from evoquality.data.syniqa import subset_by_references
     from evoquality.pool import load_manifest
 
     manifest = load_manifest(uri, cache)
+    if photos is not None:
+        manifest = subset_by_references(manifest, photos)
     index = np.arange(len(manifest.images))
     if limit and len(index) > limit:
         index = np.sort(np.random.default_rng(seed).choice(index, limit, replace=False))
@@ -174,6 +180,12 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--out", type=Path, default=Path("/tmp/evoquality-weak-base"))
     parser.add_argument("--linear-probe", action="store_true", help="only the linear probe")
+    parser.add_argument(
+        "--validation",
+        action="store_true",
+        help="pre-train on 5 of the 7 training photos and measure on the other 2 (no held-out "
+        "photo is read): the recipe's choices checked without the test split",
+    )
     args = parser.parse_args()
     from evoquality.pretrain import PretrainSettings, pretrain_weak_base
     from evoquality.stages.context import cache_dir
@@ -182,9 +194,20 @@ def main() -> None:
     if args.linear_probe:
         linear_probe(args.out, cache)
         return
+    fit_photos = measure_photos = None
+    measure_split = "test"
+    if args.validation:
+        from evoquality.data.syniqa import split_references
+
+        train_photos, _ = split_references(0.75, seed=0)
+        fit_photos, measure_photos = split_references(5 / 7, seed=1, references=train_photos)
+        measure_split = "train"
+        print(f"validation: pre-train on {fit_photos}, measure on {measure_photos}", flush=True)
     rows = []
     for name in args.only:
-        settings = dataclasses.replace(PretrainSettings(), **VARIANTS[name])
+        settings = dataclasses.replace(
+            PretrainSettings(), **VARIANTS[name], photos=fit_photos and tuple(fit_photos)
+        )
         path = args.out / name.replace(" ", "-")
         shutil.rmtree(path, ignore_errors=True)
         began = time.perf_counter()
@@ -192,9 +215,11 @@ def main() -> None:
         built = time.perf_counter() - began
         probe = Probe(path)
         size = settings.image_size
-        held_out = load_split(f"syniqa:test?size={size}&crops=4", cache, size, None)
+        held_out = load_split(
+            f"syniqa:{measure_split}?size={size}&crops=4", cache, size, None, measure_photos
+        )
         train = load_split(
-            f"syniqa:train?size={size}&crops={settings.crops}", cache, size, limit=1000
+            f"syniqa:train?size={size}&crops={settings.crops}", cache, size, 1000, fit_photos
         )
         row = {
             "variant": name,

@@ -55,6 +55,9 @@ class PretrainSettings:
     batch_size: int = 8
     learning_rate: float = 1e-3
     label_noise: float = 0.0  # std of the fixed per-image noise added to the pseudo-MOS
+    # Training photos used (None = every photo of `syniqa:train`; a subset leaves the others
+    # out as a validation split, `benchmarks/weak_base.py --validation`).
+    photos: tuple[str, ...] | None = None
     # Distortion families trained on (None = all; the pristine scenes are always in).
     families: tuple[str, ...] | None = None
     compare_share: float = 0.2  # share of comparison examples in a batch
@@ -106,6 +109,10 @@ def _training_images(cache: Path, settings: PretrainSettings):
     manifest = load_manifest(
         f"syniqa:train?size={settings.image_size}&crops={settings.crops}", cache
     )
+    if settings.photos is not None:
+        from evoquality.data.syniqa import subset_by_references
+
+        manifest = subset_by_references(manifest, settings.photos)
     distortions = list(manifest.columns["distortion"])
     keep = select_images(distortions, settings.families)
     if len(keep) < 2:

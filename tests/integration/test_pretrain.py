@@ -3,6 +3,7 @@ loadable model without the auxiliary head, and the vision probe's loss trains th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -64,3 +65,18 @@ def test_vision_probe_loss_reaches_the_vision_tower(tmp_path):
 def test_unknown_patch_init_is_refused(tmp_path):
     with pytest.raises(ValueError, match="patch_init"):
         make_tiny_model(tmp_path / "m", warmup_steps=0, patch_init="dct")
+
+
+def test_photos_subset_trains_on_those_photos_only(tmp_path):
+    from evoquality.data.manifest import ManifestError
+
+    settings = PretrainSettings(steps=1, crops=1, batch_size=2, tiny_warmup_steps=0)
+    subset = dataclasses.replace(settings, photos=("camera", "chelsea"))
+    out = pretrain_weak_base(tmp_path / "weak", tmp_path / "cache", subset)
+    marker = json.loads((out / WEAK_MARKER_FILE).read_text())
+    assert marker["photos"] == ["camera", "chelsea"]
+    assert marker["training_images"] == 36 + 41  # camera is grey: no colour distortion
+    held_out = dataclasses.replace(settings, photos=("astronaut",))
+    with pytest.raises(ManifestError, match="astronaut"):
+        pretrain_weak_base(tmp_path / "never", tmp_path / "cache", held_out)
+    assert not (tmp_path / "never").exists()
