@@ -215,9 +215,9 @@ def run_arm(arm: str, seed: int, out: Path, cache: Path, n_eval: int, overrides=
 
 def table(results: list[dict], base: dict[int, dict]) -> str:
     lines = [
-        "| arm | round | SRCC (1 sample) | SRCC (mean of n) | PLCC (mean of n) "
-        "| gain over base (1 sample / mean of n) | vote agreement |",
-        "|---|---|---|---|---|---|---|",
+        "| arm | round | SRCC (1 sample) | PLCC (1 sample) | SRCC (mean of n) | PLCC (mean of n) "
+        "| SRCC gain over base (1 sample / mean of n) | vote agreement |",
+        "|---|---|---|---|---|---|---|---|",
     ]
 
     def cell(values):
@@ -228,7 +228,8 @@ def table(results: list[dict], base: dict[int, dict]) -> str:
 
     bases = list(base.values())
     lines.append(
-        f"| base | - | {cell([b['srcc1'] for b in bases])} | {cell([b['srcc'] for b in bases])} "
+        f"| base | - | {cell([b['srcc1'] for b in bases])} | {cell([b['plcc1'] for b in bases])} "
+        f"| {cell([b['srcc'] for b in bases])} "
         f"| {cell([b['plcc'] for b in bases])} | - | - |"
     )
     for arm in dict.fromkeys(r["arm"] for r in results):
@@ -240,6 +241,7 @@ def table(results: list[dict], base: dict[int, dict]) -> str:
             gain = cell([x["srcc"] - b["srcc"] for x, b in paired])
             lines.append(
                 f"| {arm} | {k} | {cell([x['srcc1'] for x in rows])} | "
+                f"{cell([x['plcc1'] for x in rows])} | "
                 f"{cell([x['srcc'] for x in rows])} | {cell([x['plcc'] for x in rows])} | "
                 f"{gain1} / {gain} | {cell([x.get('agreement') for x in rows])} |"
             )

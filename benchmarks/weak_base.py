@@ -179,6 +179,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="*", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--out", type=Path, default=Path("/tmp/evoquality-weak-base"))
+    parser.add_argument("--seed", type=int, default=0, help="pre-training seed of every variant")
     parser.add_argument("--linear-probe", action="store_true", help="only the linear probe")
     parser.add_argument(
         "--validation",
@@ -206,7 +207,10 @@ def main() -> None:
     rows = []
     for name in args.only:
         settings = dataclasses.replace(
-            PretrainSettings(), **VARIANTS[name], photos=fit_photos and tuple(fit_photos)
+            PretrainSettings(),
+            **VARIANTS[name],
+            seed=args.seed,
+            photos=fit_photos and tuple(fit_photos),
         )
         path = args.out / name.replace(" ", "-")
         shutil.rmtree(path, ignore_errors=True)
