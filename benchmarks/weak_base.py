@@ -70,20 +70,10 @@ class Probe:
         tokenizer = self.processor.tokenizer
         self.digits = [tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)]
 
-    def _prompt(self, n_images: int) -> str:
-        from evoquality import prompts
-        from evoquality.engines.base import build_messages
-
-        question = (
-            prompts.comparison_prompt(False) if n_images == 2 else prompts.scoring_prompt(False)
-        )
-        text = self.processor.apply_chat_template(
-            build_messages(n_images, question), tokenize=False, add_generation_prompt=True
-        )
-        return text + "\\boxed{"
-
     def digit_probs(self, images: list[list]) -> np.ndarray:
-        texts = [self._prompt(len(images[0]))] * len(images)
+        from evoquality.pretrain import answer_prompt
+
+        texts = [answer_prompt(self.processor, len(images[0])) + "\\boxed{"] * len(images)
         out = []
         for lo in range(0, len(texts), 32):
             inputs = self.processor(
@@ -124,20 +114,14 @@ class Probe:
 
 
 def load_split(uri: str, cache: Path, size: int, limit: int | None, photos=None, seed: int = 0):
-    from evoquality.data.images import load_image, prepare_image
-    from evoquality.data.syniqa import subset_by_references
-    from evoquality.pool import load_manifest
+    """`pretrain.load_scenes`, at most ``limit`` images of it (a seeded random subset)."""
+    from evoquality.pretrain import load_scenes
 
-    manifest = load_manifest(uri, cache)
-    if photos is not None:
-        manifest = subset_by_references(manifest, photos)
-    index = np.arange(len(manifest.images))
-    if limit and len(index) > limit:
-        index = np.sort(np.random.default_rng(seed).choice(index, limit, replace=False))
-    cap = max(28 * 28, size * size)
-    images = [prepare_image(load_image(manifest.images[i]), 28 * 28, cap) for i in index]
-    families = [manifest.columns["distortion"][i] for i in index]
-    return images, np.asarray(manifest.mos, dtype=np.float64)[index], families
+    images, mos, families = load_scenes(uri, cache, size, photos)
+    if limit and len(images) > limit:
+        index = np.sort(np.random.default_rng(seed).choice(len(images), limit, replace=False))
+        return [images[i] for i in index], mos[index], [families[i] for i in index]
+    return images, mos, families
 
 
 def patch_features(path: Path, images: list) -> np.ndarray:

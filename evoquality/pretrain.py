@@ -29,7 +29,6 @@ the tiny model's marker (`evoquality_tiny.json`) and adds `evoquality_weak.json`
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -38,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evoquality.tiny_model import answer_step
+from evoquality.tiny_model import answer_step, build_atomic
 
 WEAK_MARKER_FILE = "evoquality_weak.json"
 WEAK_VERSION = 2
@@ -102,24 +101,35 @@ def compare_answer(target_first: float, target_second: float, rng: np.random.Gen
     return answer_text(0 if target_first > target_second else 1)
 
 
-def _training_images(cache: Path, settings: PretrainSettings):
+def load_scenes(uri: str, cache: Path, image_size: int, photos=None, families=None):
+    """SynIQA images of ``uri`` (only ``photos`` / ``families`` when given), prepared as the
+    model sees them (at most ``image_size``² pixels); returns (images, pseudo-MOS, distortions).
+    Shared by the pre-training and `benchmarks/weak_base.py`."""
     from evoquality.data.images import load_image, prepare_image
+    from evoquality.data.syniqa import subset_by_references
     from evoquality.pool import load_manifest
 
-    manifest = load_manifest(
-        f"syniqa:train?size={settings.image_size}&crops={settings.crops}", cache
-    )
-    if settings.photos is not None:
-        from evoquality.data.syniqa import subset_by_references
-
-        manifest = subset_by_references(manifest, settings.photos)
+    manifest = load_manifest(uri, cache)
+    if photos is not None:
+        manifest = subset_by_references(manifest, photos)
     distortions = list(manifest.columns["distortion"])
-    keep = select_images(distortions, settings.families)
-    if len(keep) < 2:
-        raise ValueError(f"families {settings.families} leave fewer than 2 training images")
-    cap = max(28 * 28, settings.image_size * settings.image_size)
+    keep = select_images(distortions, families)
+    cap = max(28 * 28, image_size * image_size)
     images = [prepare_image(load_image(manifest.images[i]), 28 * 28, cap) for i in keep]
     mos = np.asarray(manifest.mos, dtype=np.float64)[keep]
+    return images, mos, [distortions[i] for i in keep]
+
+
+def _training_images(cache: Path, settings: PretrainSettings):
+    images, mos, _ = load_scenes(
+        f"syniqa:train?size={settings.image_size}&crops={settings.crops}",
+        cache,
+        settings.image_size,
+        settings.photos,
+        settings.families,
+    )
+    if len(images) < 2:
+        raise ValueError(f"families {settings.families} leave fewer than 2 training images")
     return images, mos
 
 
@@ -178,24 +188,24 @@ def _optimizer(model, settings: PretrainSettings, extra_params=()):
     return torch.optim.AdamW(groups, lr=lr, weight_decay=0.0)
 
 
-def _supervised_steps(model, processor, images, targets, settings: PretrainSettings) -> float:
-    """Teacher-forced steps on scoring and comparison answers (loss on the answer tokens only)."""
-
+def answer_prompt(processor, n_images: int) -> str:
+    """The chat text up to the assistant's answer: the comparison prompt for 2 images, the
+    scoring prompt for 1 (reasoning off). Shared by the pre-training and
+    `benchmarks/weak_base.py`."""
     from evoquality import prompts
     from evoquality.engines.base import build_messages
 
+    question = prompts.comparison_prompt(False) if n_images == 2 else prompts.scoring_prompt(False)
+    return processor.apply_chat_template(
+        build_messages(n_images, question), tokenize=False, add_generation_prompt=True
+    )
+
+
+def _supervised_steps(model, processor, images, targets, settings: PretrainSettings) -> float:
+    """Teacher-forced steps on scoring and comparison answers (loss on the answer tokens only)."""
     rng = np.random.default_rng(settings.seed + 17)
     im_start = processor.tokenizer.convert_tokens_to_ids("<|im_start|>")
-    prompt_text = {
-        n: processor.apply_chat_template(
-            build_messages(
-                n, prompts.comparison_prompt(False) if n == 2 else prompts.scoring_prompt(False)
-            ),
-            tokenize=False,
-            add_generation_prompt=True,
-        )
-        for n in (1, 2)
-    }
+    prompt_text = {n: answer_prompt(processor, n) for n in (1, 2)}
     probe = VisionProbe(model, settings.vision_aux_weight) if settings.vision_aux_weight else None
     optimizer = _optimizer(model, settings, probe.parameters() if probe else ())
     model.train()
@@ -274,22 +284,11 @@ def pretrain_weak_base(
 
 
 def build_weak_base_atomic(target: Path, cache: Path, settings: PretrainSettings) -> Path:
-    """Build into a temporary sibling and rename into place; a finished ``target`` is reused."""
-    target = Path(target)
-    if (target / WEAK_MARKER_FILE).exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        pretrain_weak_base(tmp / "model", cache, settings)
-        try:
-            os.replace(tmp / "model", target)
-        except OSError:
-            if not (target / WEAK_MARKER_FILE).exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    """`pretrain_weak_base` into ``target`` atomically (`tiny_model.build_atomic`); a finished
+    one is reused."""
+    return build_atomic(
+        target, WEAK_MARKER_FILE, lambda out: pretrain_weak_base(out, cache, settings)
+    )
 
 
 def _srcc(a: np.ndarray, b: np.ndarray) -> float:

@@ -402,21 +402,30 @@ def make_tiny_model(
     return out_dir
 
 
-def build_tiny_model_atomic(target: Path, seed: int = 0, **kwargs) -> Path:
-    """Build into a temporary sibling and rename into place; a finished ``target`` is reused."""
+def build_atomic(target: Path, marker_file: str, build) -> Path:
+    """Run ``build(out_dir)`` into a temporary sibling of ``target`` and rename it into place.
+
+    A ``target`` holding ``marker_file`` is finished and reused; when another builder wins the
+    rename race, its model is used. Shared by the tiny model and the weak base
+    (`evoquality.pretrain`)."""
     target = Path(target)
-    if (target / MARKER_FILE).exists():
+    if (target / marker_file).exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        make_tiny_model(tmp / "model", seed=seed, **kwargs)
+        build(tmp / "model")
         try:
             os.replace(tmp / "model", target)
         except OSError:
             # Another builder won the race (target exists and is not empty): use theirs.
-            if not (target / MARKER_FILE).exists():
+            if not (target / marker_file).exists():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def build_tiny_model_atomic(target: Path, seed: int = 0, **kwargs) -> Path:
+    """`make_tiny_model` into ``target`` atomically (`build_atomic`); a finished one is reused."""
+    return build_atomic(target, MARKER_FILE, lambda out: make_tiny_model(out, seed=seed, **kwargs))
