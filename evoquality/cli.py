@@ -152,7 +152,8 @@ def make_tiny_model_cmd(
         bool,
         typer.Option(
             help="Give it weak quality perception: a short supervised fine-tune on the "
-            "pseudo-MOS of SynIQA training photos (the `tiny-weak` base, ~2 min)."
+            "pseudo-MOS of SynIQA training photos (the recipe of the committed `tiny-weak` "
+            "base, ~4 min of one CPU core)."
         ),
     ] = False,
     pretrain_steps: Annotated[

@@ -13,6 +13,14 @@ from typing import Any
 TINY = "tiny"
 TINY_WEAK = "tiny-weak"  # the tiny model with weak pretrained perception (evoquality.pretrain)
 _COMPLETE = ".evoquality-complete"
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+def committed_weak_base() -> Path:
+    """The committed `tiny-weak` build of the current recipe version (`evoquality.pretrain`)."""
+    from evoquality.pretrain import WEAK_VERSION
+
+    return ASSETS / f"{TINY_WEAK}-v{WEAK_VERSION}"
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -37,9 +45,9 @@ def _lock(path: Path):
 
 
 def _resolve_tiny(cache_dir: Path, seed: int = 0) -> str:
-    from evoquality.tiny_model import MARKER_FILE, build_tiny_model_atomic
+    from evoquality.tiny_model import MARKER_FILE, TINY_VERSION, build_tiny_model_atomic
 
-    target = cache_dir / TINY
+    target = cache_dir / f"{TINY}-v{TINY_VERSION}"  # a new architecture never reuses an old build
     if (target / MARKER_FILE).exists():
         return str(target)
     with _lock(cache_dir / f"{TINY}.lock"):
@@ -47,20 +55,16 @@ def _resolve_tiny(cache_dir: Path, seed: int = 0) -> str:
     return str(target)
 
 
-def _resolve_tiny_weak(cache_dir: Path) -> str:
-    from evoquality.pretrain import (
-        WEAK_MARKER_FILE,
-        WEAK_VERSION,
-        PretrainSettings,
-        build_weak_base_atomic,
-    )
+def _resolve_tiny_weak() -> str:
+    from evoquality.pretrain import WEAK_MARKER_FILE
 
-    target = cache_dir / f"{TINY_WEAK}-v{WEAK_VERSION}"  # a new recipe never reuses an old build
-    if (target / WEAK_MARKER_FILE).exists():
-        return str(target)
-    with _lock(cache_dir / f"{TINY_WEAK}.lock"):
-        build_weak_base_atomic(target, cache_dir, PretrainSettings())
-    return str(target)
+    path = committed_weak_base()
+    if not (path / WEAK_MARKER_FILE).exists():
+        raise ModelNotFoundError(
+            f"the committed {TINY_WEAK} base {path} is missing; rebuild it with "
+            f"`evoquality make-tiny-model --pretrain {path}`"
+        )
+    return str(path)
 
 
 def _resolve_store(uri: str, cache_dir: Path, store_factory: Callable[..., Any] | None) -> str:
@@ -118,9 +122,11 @@ def resolve_model(
 ) -> str:
     """A name that `from_pretrained` (and vLLM) can load.
 
-    * ``tiny``: the tiny model, built once into ``cache_dir/tiny`` (file lock + atomic rename);
-    * ``tiny-weak``: the tiny model with weak pretrained perception (`evoquality.pretrain`), built
-      once into ``cache_dir/tiny-weak-v<recipe version>`` the same way;
+    * ``tiny``: the tiny model, built once into ``cache_dir/tiny-v<version>`` (file lock + atomic
+      rename);
+    * ``tiny-weak``: the tiny model with weak pretrained perception: the committed build of
+      `evoquality.pretrain`'s recipe in ``evoquality/assets/tiny-weak-v<recipe version>`` (a
+      CPU build is not bit-identical across machines, so the experiment never rebuilds it);
     * ``s3://...`` / ``file://...``: the model directory, downloaded once into ``cache_dir`` (keyed
       by a hash of the URI; ``store_factory(uri)`` opens the store, default
       ``evoquality.storage.open_store``);
@@ -136,7 +142,7 @@ def resolve_model(
     if name == TINY:
         return _resolve_tiny(cache_dir)
     if name == TINY_WEAK:
-        return _resolve_tiny_weak(cache_dir)
+        return _resolve_tiny_weak()
     if name.startswith(("s3://", "file://")):
         return _resolve_store(name, cache_dir, store_factory)
     path = Path(name).expanduser()

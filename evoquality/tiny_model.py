@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 MARKER_FILE = "evoquality_tiny.json"
-TINY_VERSION = 1
+TINY_VERSION = 2  # 2: text head size 32 (2 heads, 1 KV head), for vLLM's CPU attention
+TEXT_HEAD_DIM = 32
 
 # Qwen2's special tokens, in Qwen's id order (151643 ... 151656 in the real vocabulary).
 QWEN_SPECIAL_TOKENS = (
@@ -149,8 +150,9 @@ def _config(
 ):
     from transformers import Qwen2_5_VLConfig
 
-    heads = 4
-    head_dim = hidden_size // heads
+    # Head size 32: the smallest that vLLM's CPU attention supports (16 fails at first generate).
+    head_dim = TEXT_HEAD_DIM
+    heads = hidden_size // head_dim
     # M-RoPE: temporal/height/width sections must sum to head_dim / 2.
     half = head_dim // 2
     mrope = [half - 2 * (half // 3), half // 3, half // 3]
@@ -161,7 +163,7 @@ def _config(
         "intermediate_size": hidden_size * 2,
         "num_hidden_layers": layers,
         "num_attention_heads": heads,
-        "num_key_value_heads": 2,
+        "num_key_value_heads": max(1, heads // 2),  # grouped-query attention, as Qwen2.5-VL
         "max_position_embeddings": 4096,
         "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": mrope},
         "bos_token_id": ids["<|endoftext|>"],
@@ -333,8 +335,8 @@ def make_tiny_model(
         Qwen2VLVideoProcessor,
     )
 
-    if hidden_size % 16:
-        raise ValueError("hidden_size must be a multiple of 16 (4 heads, even M-RoPE sections)")
+    if hidden_size % TEXT_HEAD_DIM:
+        raise ValueError(f"hidden_size must be a multiple of the head size {TEXT_HEAD_DIM}")
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} is not empty")

@@ -1,54 +1,40 @@
 """Short CI version of the self-evolution experiment: the ORACLE control must improve the base.
 
-One seed, one round: p* from the true MOS of the round's planned pairs (the benchmark's oracle arm,
-committed as the round's rank attempt), then the real train stage, then held-out SRCC of the new
-policy against the weak base (`tiny-weak`), both scored with the same sampled-score protocol as
-the benchmark (docs/self-evolution.md). If this fails while the base has real perception, the
-reward/GRPO wiring is wrong. ~2.5 min on 2 cores with a cold cache (building the weak base takes
-most of it), ~30 s warm.
+`evoquality.experiments.self_evolution.short_oracle_check`, one round per seed: p* from the true
+MOS of the round's planned pairs, committed as the round's rank attempt, then the real train
+stage, then held-out SRCC of the new policy against the committed weak base (`tiny-weak`), both
+scored with the same sampled-score protocol as the experiment (docs/self-evolution.md). If this
+fails, the reward/GRPO wiring is wrong.
+
+The statistic is the single-sample SRCC gain averaged over SEEDS (one CPU thread each, two seeds
+at a time). Calibrated
+by `benchmarks/learning_checks.py --check short-oracle` (raw runs in
+docs/learning-checks/short-oracle.jsonl, table in docs/self-evolution.md, "Learning checks"):
+20 seeds (0-19) on one thread: single-sample SRCC gain 0.070 +- 0.038 (min 0.012, max 0.157),
+so the mean over 4 seeds has sd 0.038 / 2 = 0.019 and MIN_MEAN_GAIN = 0.070 - 4 x 0.019 = -0.006.
+Seeds 0 and 1 on two threads gave bit-identical gains. Broken pipeline, inverted labels (seeds
+0-3): -0.028 +- 0.017, mean -0.028, below the threshold. Seeds 0-3 here: mean 0.078 (4.4 sd above
+the threshold). Limit: at this budget the check catches labels that point the wrong way, not a
+pipeline that learns nothing (gain 0 passes); one seed in 20 lost answer format (parse rate 0.48),
+so parse rate is recorded, not asserted. ~3.5 min on 2 idle cores.
 """
 
-import importlib.util
 import os
-from pathlib import Path
 
+import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-N_EVAL = 16  # sampled scores per held-out image: mean-of-16 is close to the expected score
-# The oracle round sharpens the policy: single-sample SRCC rises (measured +0.08 / +0.08 / +0.03
-# for seeds 0 / 1 / 2) while mean-of-16 SRCC, close to the expected score, moves less (+0.04 /
-# +0.05 / -0.01). Sampling noise of both is ~0.005 at n = 16 (base, 3 sampling seeds).
-SINGLE_MARGIN = 0.03
-MEAN_TOLERANCE = 0.03
-# One round with twice the pairs and four times the steps of one experiment round.
-SHORT_ORACLE = {"rounds": 1, "training.maxSteps": 128, "voting.pairsPerRound": 256}
+from evoquality.experiments.self_evolution import short_oracle_checks
 
-
-def _bench():
-    spec = importlib.util.spec_from_file_location(
-        "self_evolution", ROOT / "benchmarks" / "self_evolution.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+SEEDS = (0, 1, 2, 3)
+MIN_MEAN_GAIN = -0.006
 
 
 @pytest.mark.slow
 def test_oracle_control_improves_heldout_srcc(tmp_path, monkeypatch):
     monkeypatch.setenv("EVOQUALITY_CACHE", os.environ.get("EVOQUALITY_CACHE", str(tmp_path / "c")))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    bench = _bench()
-    from evoquality.models import resolve_model
-    from evoquality.spec import parse_spec
     from evoquality.stages.context import cache_dir
 
-    overrides = SHORT_ORACLE
-    cache = cache_dir()
-    spec = parse_spec({**bench.arm_spec("oracle", 0, overrides), "storage": {"uri": "x"}})
-    base = bench.score_model(resolve_model(spec.model.base, cache), spec, cache, N_EVAL, 0)
-    run = bench.run_arm("oracle", 0, tmp_path / "runs", cache, N_EVAL, overrides)
-    after = run["rounds"][-1]
-    assert after["parse_rate"] > 0.9
-    assert after["srcc1"] > base["srcc1"] + SINGLE_MARGIN, (base, after)
-    assert after["srcc"] > base["srcc"] - MEAN_TOLERANCE, (base, after)
+    runs = short_oracle_checks(list(SEEDS), tmp_path / "runs", cache_dir(), workers=2)
+    gains = [run["after"]["srcc1"] - run["base"]["srcc1"] for run in runs]
+    assert np.mean(gains) > MIN_MEAN_GAIN, runs

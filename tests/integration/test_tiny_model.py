@@ -12,8 +12,13 @@ from PIL import Image
 from evoquality import prompts
 from evoquality.data.images import image_grid, prepare_image
 from evoquality.engines import build_messages
-from evoquality.models import ModelNotFoundError, load_processor, resolve_model
-from evoquality.tiny_model import MARKER_FILE, make_tiny_model
+from evoquality.models import (
+    ModelNotFoundError,
+    committed_weak_base,
+    load_processor,
+    resolve_model,
+)
+from evoquality.tiny_model import MARKER_FILE, TINY_VERSION, make_tiny_model
 
 
 @pytest.fixture(autouse=True)
@@ -105,8 +110,11 @@ def test_resolve_model_sources(tiny_model_dir, tmp_path, monkeypatch):
     # an existing local directory is used as is
     assert resolve_model(str(tiny_model_dir), cache) == str(tiny_model_dir)
     # "tiny": a finished build in the cache is reused (no rebuild)
-    shutil.copytree(tiny_model_dir, cache / "tiny")
-    assert resolve_model("tiny", cache) == str(cache / "tiny")
+    shutil.copytree(tiny_model_dir, cache / f"tiny-v{TINY_VERSION}")
+    assert resolve_model("tiny", cache) == str(cache / f"tiny-v{TINY_VERSION}")
+    # "tiny-weak": the committed build, never rebuilt
+    assert resolve_model("tiny-weak", cache) == str(committed_weak_base())
+    assert not list(cache.glob("tiny-weak*"))
     # file:// store: downloaded once into the cache, keyed by the URI
     store_dir = tmp_path / "store" / "models" / "m1"
     shutil.copytree(tiny_model_dir, store_dir)

@@ -1,23 +1,22 @@
-"""Wiring check of GRPO with ORACLE labels: can `train_round` + the fidelity reward + the pair
-sampler + our GRPOConfig improve a model at all when the quality signal is trivially perceivable?
+"""GRPO with ORACLE labels on an easy signal, from a model that sees nothing yet
+(`benchmarks/learning_checks.py --check grey`): can `train_round` + the fidelity reward + the pair
+sampler + our GRPOConfig teach a model from scratch when the quality signal is trivially
+perceivable?
 
-Images: flat grey squares (56 px, 4 image tokens, mild pixel noise) whose quality is their
-brightness. Pairs of 64 training images get p* = 1 for the brighter one (the oracle); 48 other
-images are held out. The starting model is the plain `tiny` model, whose scores do not depend on
-the image at all. After GRPO its mean-of-n scores must rank the HELD-OUT images by brightness
-(docs/self-evolution.md, "Wiring check").
+Images: flat colour squares (56 px, 4 image tokens, mild pixel noise) whose quality is their hue.
+Pairs of 64 training images get p* = 1 for the better one (the oracle); 48 other images are held
+out. The starting model is given (the plain `tiny` model, whose scores do not depend on the image
+at all). After GRPO its mean-of-n scores should rank the HELD-OUT images. ``labels="inverted"``
+(p* = 1 for the worse image) is the broken control.
 
-Measured (2 CPU cores, 120 steps, lr 1e-3): held-out SRCC -0.21 -> 0.65 (seed 0, this test),
-0.13 -> 0.81 (seed 1), 0.05 -> 0.26 (seed 2). The outcome is seed-sensitive (at 200 steps seeds 2
-and 3 stay near 0 while 0 and 1 reach 0.75-0.82), so the test pins seed 0, with seed 1 as a
-fallback; it is deterministic on one machine (same torch build and thread count). ~25 s on an
-idle machine, ~60-90 s on busy cores.
+Not a CI check any more: its outcome is bimodal over seeds (the policy either finds the cue or
+collapses onto one score, which earns the fidelity reward's tie value sqrt(0.5)), so no threshold
+separates it from a broken pipeline (docs/self-evolution.md, "Learning checks").
 """
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from evoquality.data.images import prepare_image
@@ -25,34 +24,43 @@ from evoquality.spec import parse_spec
 from evoquality.training import TrainRow, train_round
 
 MIN_PIXELS, MAX_PIXELS = 784, 3136  # 56 x 56: 4 image tokens
-SEED = 0
-FALLBACK_SEEDS = (SEED, 1)
 STEPS = 120
 N_SAMPLES = 8  # sampled scores per held-out image (their mean is the prediction)
 LR = 1e-3
-MARGIN = 0.3  # SRCC gain; the untrained model's SRCC over seeds spans about -0.2..0.15 (noise)
 
 
 def grey_images(quality: np.ndarray, rng: np.random.Generator) -> list[Image.Image]:
-    """Brightness 30 + 200 q with N(0, 8) pixel noise: quality is a monotone function of it."""
+    """Flat colour (red 30 + 200 q, green 230 - 200 q, blue 128) with N(0, 8) pixel noise.
+
+    Quality is the hue between green and red: it turns the direction of every patch embedding,
+    which survives the vision tower's RMSNorm (a brightness alone mostly scales it away)."""
     images = []
     for q in quality:
-        pixels = np.clip(30 + 200 * q + rng.normal(0, 8, (56, 56, 3)), 0, 255).astype(np.uint8)
+        colour = np.array([30 + 200 * q, 230 - 200 * q, 128.0])
+        noise = rng.normal(0, 8, (56, 56, 3))
+        pixels = np.clip(colour + noise, 0, 255).astype(np.uint8)
         images.append(prepare_image(Image.fromarray(pixels), MIN_PIXELS, MAX_PIXELS))
     return images
 
 
-def oracle_rows(images, quality, n_pairs: int, rng: np.random.Generator) -> list[TrainRow]:
+LABELS = ("oracle", "inverted")
+
+
+def oracle_rows(
+    images, quality, n_pairs: int, rng: np.random.Generator, inverted: bool = False
+) -> list[TrainRow]:
+    """Random pairs, both images as adjacent rows, p* = 1 for the brighter (darker if inverted)."""
     rows = []
     for k in range(n_pairs):
         i, j = (int(x) for x in rng.choice(len(images), 2, replace=False))
-        p_star = float(quality[i] > quality[j])
+        p_star = float((quality[i] > quality[j]) != inverted)
         rows.append(TrainRow(f"train{i}", images[i], k, f"train{j}", p_star))
         rows.append(TrainRow(f"train{j}", images[j], k, f"train{i}", 1.0 - p_star))
     return rows
 
 
 def make_spec(seed: int, steps: int):
+    """The check's training spec: plain GRPO (no KL), lr 1e-3, 4 generations, float32."""
     return parse_spec(
         {
             "seed": seed,
@@ -86,7 +94,7 @@ def make_spec(seed: int, steps: int):
 
 def heldout_srcc(spec, model_path: str, images, quality) -> dict:
     """SRCC of the mean of N_SAMPLES sampled scores (temperature 1) against the true quality."""
-    from evoquality.engines.base import EngineImage, Sampling, make_engine
+    from evoquality.engines import EngineImage, Sampling, make_engine
     from evoquality.metrics import srcc
     from evoquality.prompts import parse_score
 
@@ -105,11 +113,14 @@ def heldout_srcc(spec, model_path: str, images, quality) -> dict:
     return {"srcc": srcc(mean[ok], quality[ok]), "parse_rate": float(np.isfinite(scores).mean())}
 
 
-def run(model_dir: str, out_dir, seed: int = SEED, steps: int = STEPS) -> dict:
+def run(model_dir: str, out_dir, seed: int, steps: int = STEPS, labels: str = "oracle") -> dict:
+    """One check: held-out SRCC before and after GRPO on ``labels`` (one of `LABELS`)."""
+    if labels not in LABELS:
+        raise ValueError(f"labels must be one of {LABELS}, not {labels!r}")
     rng = np.random.default_rng(100 + seed)
     train_q, test_q = rng.uniform(0, 1, 64), rng.uniform(0, 1, 48)
     train_images, test_images = grey_images(train_q, rng), grey_images(test_q, rng)
-    rows = oracle_rows(train_images, train_q, 256, rng)
+    rows = oracle_rows(train_images, train_q, 256, rng, inverted=labels == "inverted")
     spec = make_spec(seed, steps)
     before = heldout_srcc(spec, model_dir, test_images, test_q)
     steps_log: list[dict] = []
@@ -124,24 +135,3 @@ def run(model_dir: str, out_dir, seed: int = SEED, steps: int = STEPS) -> dict:
         "reward_first": float(np.mean(rewards[:10])),
         "reward_last": float(np.mean(rewards[-10:])),
     }
-
-
-def learned(result: dict) -> bool:
-    return (
-        result["steps"] == STEPS
-        and result["after"]["parse_rate"] > 0.8
-        and result["reward_last"] > result["reward_first"]
-        and result["after"]["srcc"] > result["before"]["srcc"] + MARGIN
-        and result["after"]["srcc"] > 0.4
-    )
-
-
-@pytest.mark.slow
-def test_oracle_grpo_raises_heldout_srcc(tiny_model_dir, tmp_path):
-    """Seed 0 learns here; seed 1 (which also learned) is the fallback for another float path."""
-    results = []
-    for seed in FALLBACK_SEEDS:
-        results.append(run(str(tiny_model_dir), tmp_path / f"grpo-{seed}", seed=seed))
-        if learned(results[-1]):
-            return
-    pytest.fail(f"oracle GRPO did not raise held-out SRCC for seeds {FALLBACK_SEEDS}: {results}")

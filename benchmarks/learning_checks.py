@@ -1,0 +1,129 @@
+"""Calibration of the learning checks: each check run many times (seeds x CPU thread counts), for
+the correct pipeline and a broken one, so that a test's threshold comes from a measured
+distribution (docs/self-evolution.md, "Learning checks").
+
+    HF_HUB_OFFLINE=1 EVOQUALITY_CACHE=/tmp/evo-cache python benchmarks/learning_checks.py \\
+        --check grey --seeds $(seq 0 19) --threads 1 2 --out docs/learning-checks
+
+Checks (the code the tests run, from `evoquality.experiments`):
+
+* ``grey``: `grey_oracle.run` from the plain `tiny` model (no CI test: bimodal over seeds),
+  variants ``oracle`` and ``inverted`` (p* = 1 for the worse image);
+* ``short-oracle``: one oracle round of the self-evolution experiment on the committed weak base
+  (tests/e2e/test_self_evolution_short.py), variants ``oracle``, ``inverted`` (1 - p*) and
+  ``shuffled`` (p* permuted across pairs).
+
+Every run is appended as one JSON line to ``<out>/<check>.jsonl`` (a rerun skips the runs already
+there); the table printed at the end gives, per variant and thread count, the mean, standard
+deviation, minimum and mean - 4 sd of each check statistic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+CHECKS = {"grey": ("oracle", "inverted"), "short-oracle": ("oracle", "inverted", "shuffled")}
+# The statistic each test thresholds (see the tests' docstrings).
+STATISTICS = {
+    "grey": ("after_srcc", "gain"),
+    "short-oracle": ("gain1", "gain"),
+}
+
+
+def run_grey(seed: int, variant: str, work: Path, cache: Path) -> dict:
+    from evoquality.experiments import grey_oracle
+    from evoquality.models import resolve_model
+
+    result = grey_oracle.run(resolve_model("tiny", cache), work, seed, labels=variant)
+    return {
+        "before_srcc": result["before"]["srcc"],
+        "after_srcc": result["after"]["srcc"],
+        "gain": result["after"]["srcc"] - result["before"]["srcc"],
+        "parse_rate": result["after"]["parse_rate"],
+        "reward_first": result["reward_first"],
+        "reward_last": result["reward_last"],
+    }
+
+
+def run_short_oracle(seed: int, variant: str, work: Path, cache: Path) -> dict:
+    from evoquality.experiments import self_evolution as se
+
+    result = se.short_oracle_check(seed, work, cache, labels=variant)
+    base, after = result["base"], result["after"]
+    return {
+        "base_srcc1": base["srcc1"],
+        "base_srcc": base["srcc"],
+        "after_srcc1": after["srcc1"],
+        "after_srcc": after["srcc"],
+        "gain1": after["srcc1"] - base["srcc1"],
+        "gain": after["srcc"] - base["srcc"],
+        "parse_rate": after["parse_rate"],
+    }
+
+
+RUNNERS = {"grey": run_grey, "short-oracle": run_short_oracle}
+
+
+def summarise(rows: list[dict], check: str) -> str:
+    lines = [
+        "| variant | threads | runs | statistic | mean | sd | min | max | mean - 4 sd |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    keys = sorted({(r["variant"], r["threads"]) for r in rows})
+    for variant, threads in keys:
+        group = [r for r in rows if (r["variant"], r["threads"]) == (variant, threads)]
+        for stat in STATISTICS[check]:
+            x = np.array([r[stat] for r in group], dtype=float)
+            sd = x.std(ddof=1) if len(x) > 1 else float("nan")
+            lines.append(
+                f"| {variant} | {threads} | {len(x)} | {stat} | {x.mean():.3f} | {sd:.3f} "
+                f"| {x.min():.3f} | {x.max():.3f} | {x.mean() - 4 * sd:.3f} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", choices=list(CHECKS), required=True)
+    parser.add_argument("--variants", nargs="+", default=None, help="default: all of the check's")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(20)))
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--out", type=Path, default=Path("docs/learning-checks"))
+    parser.add_argument("--table-only", action="store_true", help="print the table of --out")
+    args = parser.parse_args()
+    from evoquality.determinism import pinned_cpu
+    from evoquality.stages.context import cache_dir
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    raw = args.out / f"{args.check}.jsonl"
+    rows = [json.loads(line) for line in raw.read_text().splitlines()] if raw.exists() else []
+    done = {(r["variant"], r["threads"], r["seed"]) for r in rows}
+    cache = cache_dir()
+    variants = args.variants or CHECKS[args.check]
+    for threads in [] if args.table_only else args.threads:
+        for variant in variants:
+            for seed in args.seeds:
+                if (variant, threads, seed) in done:
+                    continue
+                began = time.perf_counter()
+                with tempfile.TemporaryDirectory() as tmp, pinned_cpu(threads):
+                    stats = RUNNERS[args.check](seed, variant, Path(tmp), cache)
+                row = {"variant": variant, "threads": threads, "seed": seed, **stats}
+                row["seconds"] = round(time.perf_counter() - began, 1)
+                print(json.dumps(row), flush=True)
+                with raw.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                rows.append(row)
+    print(summarise(rows, args.check))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()
