@@ -4,16 +4,9 @@
 
 Builds the `tiny-weak` recipe (`evoquality.pretrain.PretrainSettings()`) and variants that each
 drop one of its choices, then measures, deterministically (no sampling), on the HELD-OUT photos
-(`syniqa:test?crops=4`) and on 1,000 images of the training photos:
-
-* SRCC of the expected first score digit: from the next-token probabilities of ``1``..``5``
-  after ``\\boxed{`` in the scoring answer (what many sampled scores average to);
-* the spread (std) of that expected digit across images (0 = the model ignores the image);
-* comparison accuracy on 160 random pairs with different pseudo-MOS, from P(``0``) vs P(``1``)
-  after ``\\boxed{``, averaged over both image orders, and the position bias (mean P(first) - 0.5).
-
-* per distortion family, the held-out SRCC of the expected digit within that family (plus the
-  pristine scenes).
+(`syniqa:test?crops=4`) and on 1,000 images of the training photos with
+the deterministic probe of `evoquality.experiments.probe` (expected-digit SRCC and spread,
+comparison accuracy and position bias, SRCC per distortion family).
 
 ``--validation`` pre-trains on 5 of the 7 training photos and measures on the other 2 instead of
 the held-out photos, so the recipe's choices can be checked without reading the test split.
@@ -23,7 +16,8 @@ the UNTRAINED vision tower's normalised patch embeddings (mean and mean square p
 reports its held-out SRCC, with a random and with the DCT band patch embedding: whether the
 quality cues survive the tower's first normalisation at all.
 
-Each variant takes ~1.5-2.5 min to build on 2 cores; the linear probe ~20 s.
+Each variant takes ~4 min of one CPU core to build (the recipe pins one thread); the linear
+probe ~20 s.
 """
 
 from __future__ import annotations
