@@ -4,6 +4,8 @@ It starts the same stage commands the operator's Jobs run (as subprocesses) and 
 summaries: a stage whose summary exists is done, so a killed run continues from the first stage
 without one, and a finished run does no work. Vote shards and evaluations run side by side up to
 `jobs` processes. The plan (which stage waits for which) is a pure function, `plan_tasks`.
+Vote and eval stages of a spec with ``model.engine: vllm`` run with the vLLM venv's Python
+(`evoquality.engines.vllm_env`), every other stage with this one.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from evoquality import artifacts
+from evoquality.engines.vllm_env import vllm_python
 from evoquality.spec import EvoQualityRun, spec_to_dict
 from evoquality.stages.progress import parse_line
 from evoquality.storage import Store, open_store
@@ -84,6 +87,21 @@ def plan_tasks(run: EvoQualityRun) -> list[Task]:
     return tasks
 
 
+INFERENCE_STAGES = ("vote", "eval")
+
+
+def stage_python(stage: str, engine: str, default: str, vllm: str | None) -> str:
+    """The interpreter that runs ``stage``: the vLLM one for vLLM inference, else ``default``."""
+    if stage not in INFERENCE_STAGES or engine != "vllm":
+        return default
+    if vllm is None:
+        raise RunError(
+            "model.engine is vllm but no Python here imports vLLM: run `make vllm-venv` "
+            "(or set EVOQUALITY_VLLM_PYTHON)"
+        )
+    return vllm
+
+
 def run_root(run: EvoQualityRun, workdir: Path) -> str:
     """`<storage uri>/<namespace>/<name>`; a relative local storage path lives in the work dir."""
     uri = run.spec.storage.uri.rstrip("/")
@@ -110,6 +128,7 @@ class Runner:
         self.metrics = metrics
         self.console = console or Console(stderr=True)
         self.python = python
+        self.vllm_python = vllm_python()
         self.root = run_root(run, workdir)
         self._prepare_workdir()
         self.store: Store = open_store(self.root, run.spec.storage.endpoint)
@@ -165,8 +184,9 @@ class Runner:
         return env
 
     def _launch(self, task: Task, threads: int, on_progress: Callable[[dict], None]):
+        engine = self.run.spec.model.engine
         command = [
-            self.python,
+            stage_python(task.stage, engine, self.python, self.vllm_python),
             "-m",
             "evoquality.cli",
             *task.args(),

@@ -54,6 +54,13 @@ class SimulatedJudge:
 
         ``pair_keys`` (one int per unordered pair) is required when ``pair_error > 0``.
         """
+        p_first = self.first_wins(q_first, q_second, pair_keys)
+        return (self._rng.random((len(p_first), n)) >= p_first[:, None]).astype(np.int8)
+
+    def first_wins(
+        self, q_first: np.ndarray, q_second: np.ndarray, pair_keys: np.ndarray | None = None
+    ) -> np.ndarray:
+        """P(the first-shown image wins) per pair, float64 (P,)."""
         q_first = np.asarray(q_first, dtype=np.float64)
         q_second = np.asarray(q_second, dtype=np.float64)
         margin = (q_first - q_second) / self.temperature
@@ -61,16 +68,23 @@ class SimulatedJudge:
             if pair_keys is None:
                 raise ValueError("pair_error > 0 needs pair_keys (one key per unordered pair)")
             margin = np.where(self._flipped(np.asarray(pair_keys)), -margin, margin)
-        p_first = self.position_bias + (1.0 - self.position_bias) * expit(margin)
-        return (self._rng.random((len(margin), n)) >= p_first[:, None]).astype(np.int8)
+        return self.position_bias + (1.0 - self.position_bias) * expit(margin)
 
     def _flipped(self, keys: np.ndarray) -> np.ndarray:
         """Deterministic per (key, seed): splitmix64 of the key, uniform in [0, 1)."""
-        x = keys.astype(np.uint64) + np.uint64(self.seed * 0x9E3779B97F4A7C15 % 2**64)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        x ^= x >> np.uint64(31)
-        return (x >> np.uint64(11)).astype(np.float64) / 2.0**53 < self.pair_error
+        x = keys.astype(np.uint64) + np.uint64(self.seed * GOLDEN % 2**64)
+        return splitmix_uniform(x) < self.pair_error
+
+
+GOLDEN = 0x9E3779B97F4A7C15
+
+
+def splitmix_uniform(x: np.ndarray) -> np.ndarray:
+    """Uniforms in [0, 1) from uint64 counters (splitmix64's finaliser): a counter-based stream."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return (x >> np.uint64(11)).astype(np.float64) / 2.0**53
 
 
 def simulate_choices(

@@ -163,7 +163,12 @@ class VotingSpec(_Model):
     prefix_caching: bool = Field(
         True, description="vLLM automatic prefix caching: the K votes share the prompt's KV."
     )
-    batch_size: int = Field(8, ge=1, description="Ordered pairs per engine call (our choice).")
+    batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Pairs per engine call, both orders together; null = the whole shard in "
+        "calls bounded by memory and progress steps (our choice).",
+    )
     keep_texts: bool = Field(False, description="Store the sampled answers in the votes table.")
 
 
@@ -252,7 +257,12 @@ class EvaluationSpec(_Model):
     )
     temperature: float = Field(1.0, gt=0, description="Sampling temperature when samples > 1.")
     max_new_tokens: int = Field(1024, ge=1, description="Our choice.")
-    batch_size: int = Field(8, ge=1, description="Images per engine call (our choice).")
+    batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Images per engine call; null = the whole benchmark in calls bounded by "
+        "memory and progress steps (our choice).",
+    )
     validation: BenchmarkSpec | None = Field(
         None,
         description="Held-out manifest for early stopping and best-checkpoint choice; never a "

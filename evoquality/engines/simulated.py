@@ -5,10 +5,10 @@ so stages can run it on 1e5-image pools without loading a single image, and it a
 format so the same parsing, voting and ranking code runs on its output.
 
 Randomness: comparisons use `evoquality.simulation.SimulatedJudge` (its systematic pair errors are
-fixed by the engine seed; its sampling stream is reseeded from ``(engine seed, sampling.seed)`` on
-every call, so a batch's votes do not depend on which batches ran before it). Scores are
-``truth + N(0, score_noise)`` clipped to [1, 5], seeded per image by
-``(seed, sampling.seed, key)`` (greedy: by ``(seed, key)`` only).
+fixed by the engine seed; its uniforms are a counter-based stream per ``(engine seed, request
+seed)``, vectorised over a call, so a request's votes do not depend on its batch or shard).
+Scores are ``truth + N(0, score_noise)`` clipped to [1, 5], seeded per image by ``(seed, request
+seed, key)`` (greedy: by ``(seed, key)`` only).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from evoquality import prompts
-from evoquality.engines.base import Engine, EngineImage, Sampling
+from evoquality.engines.base import Answers, Engine, EngineImage, Images, Pairs, Sampling
+from evoquality.simulation import GOLDEN, SimulatedJudge, splitmix_uniform
 
 _MASK62 = (1 << 62) - 1
 
@@ -41,8 +42,6 @@ class SimulatedEngine(Engine):
     def __init__(self, settings, seed: int = 0, reasoning: bool = True) -> None:
         """``settings``: `evoquality.spec.SimulatedJudgeSpec` (temperature, pair_error,
         position_bias, score_noise)."""
-        from evoquality.simulation import SimulatedJudge
-
         super().__init__(reasoning=reasoning)
         self.settings = settings
         self.seed = seed
@@ -75,29 +74,34 @@ class SimulatedEngine(Engine):
             return answer
         return f"<think>Judging sharpness, noise and exposure.</think> {answer}"
 
-    def compare(
-        self, pairs: Sequence[tuple[EngineImage, EngineImage]], n: int, sampling: Sampling
-    ) -> list[list[str]]:
+    def _compare(self, pairs: Pairs, n: int, sampling: Sampling, seeds: list[int]) -> Answers:
         if not pairs:
             return []
         first = self._truths([a for a, _ in pairs])
         second = self._truths([b for _, b in pairs])
         keys = np.array([unordered_pair_key(a.key, b.key) for a, b in pairs], dtype=np.int64)
-        self.judge._rng = np.random.default_rng([self.seed, sampling.seed])
-        choices = self.judge.compare(first, second, n, pair_keys=keys)
+        seed_array = np.array(seeds, dtype=np.uint64)
+        p_first = self.judge.first_wins(first, second, keys)
+        choices = self._uniforms(seed_array, n) >= p_first[:, None]
         self.stats["requests"] += len(pairs)
         return [[self._compare_text(int(c)) for c in row] for row in choices]
 
-    def score(self, images: Sequence[EngineImage], n: int, sampling: Sampling) -> list[list[str]]:
+    def _uniforms(self, seeds: np.ndarray, n: int) -> np.ndarray:
+        """(len(seeds), n) uniforms, a counter-based stream per (engine seed, request seed)."""
+        base = seeds ^ np.uint64(self.seed * GOLDEN % 2**64)
+        steps = np.arange(1, n + 1, dtype=np.uint64) * np.uint64(GOLDEN)
+        return splitmix_uniform(base[:, None] + steps[None, :])
+
+    def _score(self, images: Images, n: int, sampling: Sampling, seeds: list[int]) -> Answers:
         truths = self._truths(images)
         noise = self.settings.score_noise
         out = []
-        for item, truth in zip(images, truths, strict=True):
-            if sampling.temperature <= 0:  # greedy: one fixed answer per image
+        for item, truth, seed in zip(images, truths, seeds, strict=True):
+            if sampling.greedy:  # one fixed answer per image
                 rng = np.random.default_rng([self.seed, stable_key(item.key)])
                 values = np.repeat(truth + rng.normal(0.0, noise), n)
             else:
-                rng = np.random.default_rng([self.seed, sampling.seed, stable_key(item.key)])
+                rng = np.random.default_rng([self.seed, seed, stable_key(item.key)])
                 values = truth + rng.normal(0.0, noise, size=n)
             out.append([self._score_text(v) for v in np.clip(values, 1.0, 5.0)])
         self.stats["requests"] += len(images)

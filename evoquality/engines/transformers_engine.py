@@ -1,22 +1,23 @@
 """Hugging Face transformers generation: the CPU engine (tests, quickstart) and a GPU fallback.
 
-One `generate` call per engine call: every request's prompt (chat template + image placeholders),
-left padding, ``num_return_sequences=n``. CUDA in bf16 when available, else CPU float32.
+One `generate` call per request (its prompt, chat template + image placeholders, repeated ``n``
+times), seeded with the request's seed just before: a request's samples never depend on the other
+requests of its call (no shared random stream, no padding to a neighbour's length, the same tensor
+shapes whatever the batch), so votes are identical for any batch size and sharding. Memory stays
+at one request's ``n`` sequences. CUDA in bf16 when available, else CPU float32.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from typing import Any
 
-from evoquality import prompts
-from evoquality.engines.base import Engine, EngineImage, Sampling, build_messages
+from evoquality.engines.base import Answers, ChatEngine, ImageLists, Sampling, build_messages
 
 _DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
 
 
-class TransformersEngine(Engine):
+class TransformersEngine(ChatEngine):
     name = "transformers"
     needs_pixels = True
 
@@ -56,17 +57,6 @@ class TransformersEngine(Engine):
         eos = gen.eos_token_id if gen.eos_token_id is not None else tokenizer.eos_token_id
         self.eos_token_id = eos
 
-    # -- requests ---------------------------------------------------------------------------
-    def compare(
-        self, pairs: Sequence[tuple[EngineImage, EngineImage]], n: int, sampling: Sampling
-    ) -> list[list[str]]:
-        question = prompts.comparison_prompt(self.reasoning)
-        return self._generate([[a.image, b.image] for a, b in pairs], question, n, sampling)
-
-    def score(self, images: Sequence[EngineImage], n: int, sampling: Sampling) -> list[list[str]]:
-        question = prompts.scoring_prompt(self.reasoning)
-        return self._generate([[item.image] for item in images], question, n, sampling)
-
     def close(self) -> None:
         import gc
 
@@ -83,50 +73,44 @@ class TransformersEngine(Engine):
             build_messages(images_count, question), tokenize=False, add_generation_prompt=True
         )
 
+    def inputs(self, images: list[Any], question: str) -> Any:
+        """The processor's tensors of one request (its token ids, pixels and image grid)."""
+        if any(img is None for img in images):
+            raise ValueError("the transformers engine needs the prepared images (got None)")
+        text = self.prompt_text(len(images), question)
+        return self.processor(text=[text], images=[images], return_tensors="pt")
+
     def _generate(
-        self, image_lists: list[list[Any]], question: str, n: int, sampling: Sampling
-    ) -> list[list[str]]:
+        self, image_lists: ImageLists, question: str, n: int, sampling: Sampling, seeds: list[int]
+    ) -> Answers:
         import torch
         from transformers import GenerationConfig
 
-        if n < 1:
-            raise ValueError("n must be >= 1")
-        if not image_lists:
-            return []
         if self.model is None:
             raise RuntimeError("engine is closed")
-        for images in image_lists:
-            if any(img is None for img in images):
-                raise ValueError("the transformers engine needs the prepared images (got None)")
-        text = self.prompt_text(len(image_lists[0]), question)
-        inputs = self.processor(
-            text=[text] * len(image_lists),
-            images=image_lists,
-            return_tensors="pt",
-            padding=True,
-        ).to(self.device)
-        greedy = sampling.temperature <= 0
+        per = 1 if sampling.greedy else n
         config = GenerationConfig(
             max_new_tokens=sampling.max_new_tokens,
-            do_sample=not greedy,
-            temperature=None if greedy else sampling.temperature,
-            top_p=None if greedy else sampling.top_p,
-            top_k=None if greedy else 0,
+            do_sample=not sampling.greedy,
+            temperature=None if sampling.greedy else sampling.temperature,
+            top_p=None if sampling.greedy else sampling.top_p,
+            top_k=None if sampling.greedy else 0,
             repetition_penalty=1.0,
-            num_return_sequences=1 if greedy else n,
+            num_return_sequences=per,
             eos_token_id=self.eos_token_id,
             pad_token_id=self.pad_token_id,
         )
-        torch.manual_seed(sampling.seed)
-        started = time.perf_counter()
-        with torch.no_grad():
-            output = self.model.generate(**inputs, generation_config=config)
-        elapsed = time.perf_counter() - started
-        completion = output[:, inputs["input_ids"].shape[1] :]
-        texts = self.processor.batch_decode(completion, skip_special_tokens=True)
-        self.stats["generated_tokens"] += int((completion != self.pad_token_id).sum())
-        self.stats["seconds"] += elapsed
-        self.stats["requests"] += len(image_lists)
-        per = 1 if greedy else n
-        grouped = [texts[i * per : (i + 1) * per] for i in range(len(image_lists))]
-        return [group * n if greedy else group for group in grouped]
+        out: list[list[str]] = []
+        for images, seed in zip(image_lists, seeds, strict=True):
+            inputs = self.inputs(images, question).to(self.device)
+            torch.manual_seed(seed)
+            started = time.perf_counter()
+            with torch.no_grad():
+                output = self.model.generate(**inputs, generation_config=config)
+            self.stats["seconds"] += time.perf_counter() - started
+            completion = output[:, inputs["input_ids"].shape[1] :]
+            texts = self.processor.batch_decode(completion, skip_special_tokens=True)
+            self.stats["generated_tokens"] += int((completion != self.pad_token_id).sum())
+            self.stats["requests"] += 1
+            out.append(texts * n if sampling.greedy else texts)
+        return out

@@ -26,7 +26,11 @@ def run_stage(args: StageArgs) -> dict:
     elif args.shard is not None or args.num_shards is not None:
         raise StageError("only the vote stage is sharded")
     ctx = StageContext(args)
-    summary = artifacts.read_summary(ctx.store, args.stage, args.round, args.shard, args.num_shards)
+    summary = ctx.ranks.decide(  # under several ranks, rank 0's answer for all of them
+        lambda: artifacts.read_summary(
+            ctx.store, args.stage, args.round, args.shard, args.num_shards
+        )
+    )
     if summary is None:
         summary = import_module(f"evoquality.stages.{args.stage}").run(ctx)
     emit_summary(summary)

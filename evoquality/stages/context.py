@@ -4,6 +4,10 @@ A stage reads the spec (from `--spec`, which the operator mounts, or from the st
 first use (`spec.json` created with a conditional put) and refuses to run when a later spec's hash
 differs. It prints its summary (scalars only, at most 2 KB) as the last stdout line and to
 `/dev/termination-log` when that exists, also when the stage was already done.
+
+A stage run as several ranks (the train stage under torchrun) agrees through `ctx.ranks`: rank 0
+decides whether the stage is done and draws the attempt id (`attempt`), and each node's local rank 0
+fetches the policy model before the node's other ranks look for it in the cache they share.
 """
 
 from __future__ import annotations
@@ -27,9 +31,11 @@ from evoquality.spec import (
     spec_hash,
     spec_to_dict,
 )
+from evoquality.stages.ranks import Ranks
 from evoquality.storage import Store, open_store
 
-TERMINATION_LOG = Path("/dev/termination-log")
+# the pod's terminationMessagePath; the operator also renders it as this variable
+TERMINATION_LOG = Path(os.environ.get("EVOQUALITY_TERMINATION_LOG", "/dev/termination-log"))
 # More unreadable images than this share fails a stage; fewer are skipped and counted.
 MAX_UNREADABLE_SHARE = 0.05
 SUMMARY_LIMIT = 2048
@@ -128,6 +134,7 @@ class StageContext:
         self.spec = pin_spec(self.store, file_spec)
         self.round = args.round
         self.cache = cache_dir()
+        self.ranks = Ranks.from_env()
 
     @property
     def run_uri(self) -> str:
@@ -149,8 +156,20 @@ class StageContext:
             )
         return summary
 
+    def attempt(self, stage: str, round_index: int | None) -> artifacts.StageAttempt:
+        """A new attempt of an unsharded stage, with one id on every rank (rank 0's)."""
+        attempt_id = self.ranks.decide(
+            lambda: artifacts.StageAttempt(self.store, stage, round_index).attempt_id
+        )
+        return artifacts.StageAttempt(self.store, stage, round_index, attempt_id=attempt_id)
+
     def policy_model(self, round_index: int | None) -> str:
-        """P_r: the base model at round 0 (and for `base`), else round r-1's trained checkpoint."""
+        """P_r (see `_resolve_policy`); under several ranks each node's local rank 0 fetches it
+        first and the node's other ranks find it in the cache."""
+        return self.ranks.node_first(lambda: self._resolve_policy(round_index))
+
+    def _resolve_policy(self, round_index: int | None) -> str:
+        """The base model at round 0 (and for `base`), else round r-1's trained checkpoint."""
         from evoquality.models import resolve_model
 
         if round_index is None or round_index == 0:

@@ -4,7 +4,9 @@
 model once per run, under `base/eval/`. The prediction is the mean of `samplesPerImage` sampled
 scores (greedy when 1); unparseable samples are left out, an image with none gets no prediction.
 Metrics per benchmark (`<name>.srcc`, ...), their size-weighted average (`wavg.*`), and
-`validation.*` for the held-out validation manifest.
+`validation.*` for the held-out validation manifest. A benchmark's images go to the engine in
+calls sized by `evoquality.stages.batching`; each image's samples are seeded by
+``derive_seed(run seed, "eval", model label, benchmark, image id)``.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import pyarrow as pa
 
 from evoquality import artifacts
 from evoquality.data.images import load_images, prepare_image
-from evoquality.engines.base import EngineImage, Sampling, make_engine
+from evoquality.engines import EngineImage, Sampling, derive_seed, make_engine
 from evoquality.metrics import evaluate, wavg
 from evoquality.pool import load_manifest
 from evoquality.prompts import parse_score
 from evoquality.spec import BenchmarkSpec
+from evoquality.stages.batching import batches, call_memory_bytes, units_per_call
 from evoquality.stages.context import StageContext, StageError, check_unreadable
 from evoquality.stages.progress import progress
 
@@ -53,11 +56,14 @@ def score_benchmark(
     usable = [i for i, pic in enumerate(pictures) if pic is not None or not engine.needs_pixels]
     preds = np.full(len(manifest), np.nan)
     valid = np.zeros(len(manifest), dtype=np.int32)
+    pixels = ctx.spec.model.max_pixels if engine.needs_pixels else 0
+    size = units_per_call(len(usable), pixels, evaluation.batch_size, call_memory_bytes())
     with progress(f"eval {label} {bench.name}", len(usable)) as bar:
-        for lo in range(0, len(usable), evaluation.batch_size):
-            idx = usable[lo : lo + evaluation.batch_size]
+        for part in batches(len(usable), size):
+            idx = usable[part]
             items = [EngineImage(manifest.ids[i], pictures[i], float(manifest.mos[i])) for i in idx]
-            for i, texts in zip(idx, engine.score(items, n, sampling), strict=True):
+            seeds = [derive_seed(ctx.spec.seed, "eval", label, bench.name, it.key) for it in items]
+            for i, texts in zip(idx, engine.score(items, n, sampling, seeds), strict=True):
                 scores = [s for s in (parse_score(t) for t in texts) if s is not None]
                 valid[i] = len(scores)
                 if scores:
@@ -91,7 +97,7 @@ def run(ctx: StageContext) -> dict:
         attempt.put_table(f"{name}.parquet", table)
         results[name] = result
     engine.close()
-    metrics: dict[str, float | int | None] = {}
+    metrics: dict[str, float | int | str | None] = dict(engine.summary_metrics())
     for name, result in results.items():
         for key in ("srcc", "plcc", "krcc", "plcc_logistic", "n", "n_missing", "unreadable"):
             if key in result:

@@ -1,41 +1,36 @@
 """The train stage: GRPO on the scoring prompt against round r's pseudo-labels -> P_{r+1}.
 
 Each labelled pair becomes two adjacent training rows (the pair's images, each with its partner
-and p* from its own side). Checkpoints are uploaded under the attempt as they are saved; a re-run
-(a new attempt) resumes from the newest checkpoint any earlier attempt uploaded. Commits the final
-model with its processor (`checkpoint/`), the per-step log (`steps.jsonl`) and a summary.
+and p* from its own side). Commits the final model with its processor (`checkpoint/`), the
+per-step log (`steps.jsonl`) and a summary.
+
+One process, or several under torchrun (`evoquality.stages.ranks`): rank 0 decides whether the
+stage is done and the attempt id (`StageContext`), each node's local rank 0 fetches the policy
+model and the checkpoint to resume from into one folder per attempt and node that the node's ranks
+share, every rank's checkpoint files reach the store (`train_checkpoints`), and only rank 0
+uploads the final model and commits, after the trainer's last barrier; the other ranks return the
+committed summary, or raise rank 0's error. A re-run (a new attempt) resumes from the newest
+complete checkpoint any earlier attempt with the same world size uploaded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import re
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from evoquality import artifacts
 from evoquality.pool import load_prepared, round_pool
+from evoquality.stages import train_checkpoints
 from evoquality.stages.context import StageContext, StageError
 from evoquality.stages.progress import progress
 
 STEPS_LOG = "steps.jsonl"
-_CHECKPOINT = re.compile(r"attempt-[^/]+/checkpoints/checkpoint-(\d+)/trainer_state\.json$")
-
-
-def latest_checkpoint(ctx: StageContext, round_index: int) -> str | None:
-    """Prefix of the newest checkpoint any attempt of this round's training uploaded."""
-    prefix = artifacts.stage_prefix("train", round_index)
-    best: tuple[int, str] | None = None
-    for key in ctx.store.list(prefix):
-        match = _CHECKPOINT.search(key)
-        if match and (best is None or int(match.group(1)) > best[0]):
-            best = (int(match.group(1)), key.rsplit("/", 1)[0] + "/")
-    return None if best is None else best[1]
 
 
 def build_rows(ctx: StageContext, round_index: int):
@@ -93,37 +88,44 @@ def estimated_steps(ctx: StageContext, n_rows: int) -> int:
 def run(ctx: StageContext) -> dict:
     from evoquality.training import train_round
 
+    ranks = ctx.ranks
     round_index = ctx.args.round
     rows = build_rows(ctx, round_index)
     model_path = ctx.policy_model(round_index)
-    attempt = artifacts.StageAttempt(ctx.store, "train", round_index)
+    attempt = ctx.attempt("train", round_index)
     if not rows:
-        return carry_over(ctx, attempt, model_path)
-    work = Path(tempfile.mkdtemp(prefix=f"train-r{round_index}-", dir=ctx.cache))
-    steps: list[dict] = []
-    resume_from = None
-    previous = latest_checkpoint(ctx, round_index)
-    if previous is not None:
-        resume_from = work / "resume" / previous.rstrip("/").rsplit("/", 1)[-1]
-        ctx.store.get_dir(previous, resume_from)
-        log = resume_from / STEPS_LOG
-        if log.exists():
-            steps = [json.loads(line) for line in log.read_text().splitlines() if line]
-
-    def write_steps(path: Path) -> None:
-        path.write_text("".join(json.dumps(s) + "\n" for s in steps))
-
+        return ranks.decide(lambda: carry_over(ctx, attempt, model_path))
+    work = ctx.cache / f"train-r{round_index}-{attempt.attempt_id}-node{ranks.node_rank}"
+    ranks.on_node_main(lambda: _fresh_dir(work))
     try:
-        with progress(f"train r{round_index}", estimated_steps(ctx, len(rows))) as bar:
-            bar.advance(len(steps))
+        previous = ranks.decide(
+            lambda: train_checkpoints.latest(ctx.store, round_index, ranks.world_size)
+        )
+        resume_from = None
+        if previous is not None:
+            resume_from = work / "resume" / previous.name
+            ranks.on_node_main(
+                lambda: train_checkpoints.download(ctx.store, previous, work / "resume", ranks)
+            )
+        # only rank 0 logs steps (the trainer's logs are rank 0's)
+        steps = read_steps(resume_from / STEPS_LOG) if resume_from and ranks.is_main else []
+        reporter = (
+            progress(f"train r{round_index}", estimated_steps(ctx, len(rows)))
+            if ranks.is_main
+            else contextlib.nullcontext()
+        )
+        with reporter as bar:
+            if bar is not None:
+                bar.advance(len(steps))
 
-            def on_step(record: dict) -> None:
+            def on_step(record: dict) -> None:  # rank 0
                 steps.append(record)
                 bar.advance(1)
 
-            def on_save(checkpoint: Path) -> None:
-                write_steps(checkpoint / STEPS_LOG)
-                attempt.put_dir(f"checkpoints/{checkpoint.name}", checkpoint)
+            def on_save(checkpoint: Path) -> None:  # every rank
+                if ranks.is_main:
+                    write_steps(checkpoint / STEPS_LOG, steps)
+                train_checkpoints.publish(ranks, attempt, checkpoint)
 
             result = train_round(
                 ctx.spec,
@@ -134,16 +136,37 @@ def run(ctx: StageContext) -> dict:
                 on_step=on_step,
                 on_save=on_save,
             )
-        attempt.put_dir("checkpoint", work / "output" / "final")
-        write_steps(work / STEPS_LOG)
-        attempt.put_file(STEPS_LOG, work / STEPS_LOG)
+        return ranks.decide(lambda: commit(ctx, attempt, work, result, steps))
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if ranks.is_node_main:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def commit(
+    ctx: StageContext, attempt: artifacts.StageAttempt, work: Path, result: dict, steps: list
+) -> dict:
+    """Rank 0: upload the final model and the step log, then commit the summary."""
+    attempt.put_dir("checkpoint", work / "output" / "final")
+    write_steps(work / STEPS_LOG, steps)
+    attempt.put_file(STEPS_LOG, work / STEPS_LOG)
     metrics = {k: _clean(v) for k, v in result.items() if isinstance(v, int | float | str | bool)}
-    metrics["pairs"] = len(rows) // 2
-    metrics["resumed"] = previous is not None
     metrics["checkpoint"] = ctx.uri(attempt.key("checkpoint"))
     return attempt.commit({"metrics": metrics})
+
+
+def read_steps(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def write_steps(path: Path, steps: list[dict]) -> None:
+    path.write_text("".join(json.dumps(s) + "\n" for s in steps))
+
+
+def _fresh_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)  # left by a killed process of this attempt
+    path.mkdir(parents=True)
 
 
 def carry_over(ctx: StageContext, attempt: artifacts.StageAttempt, model_path: str) -> dict:
@@ -160,7 +183,7 @@ def carry_over(ctx: StageContext, attempt: artifacts.StageAttempt, model_path: s
     )
     attempt.put_dir("checkpoint", Path(model_path))
     attempt.put_bytes(STEPS_LOG, b"")
-    metrics = {"steps": 0, "pairs": 0, "carried_over": True}
+    metrics = {"steps": 0, "pairs": 0, "carried_over": True, "world_size": ctx.ranks.world_size}
     metrics["checkpoint"] = ctx.uri(attempt.key("checkpoint"))
     return attempt.commit({"metrics": metrics})
 

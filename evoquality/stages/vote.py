@@ -3,7 +3,10 @@
 Reads the manifest (never its `mos`, except for the simulated judge), plans the round's pairs from
 the run's seed, takes this shard's contiguous slice, asks the engine for K answers per pair (the
 first K - K//2 with the pair as planned, the rest swapped) and commits the votes table and a shard
-summary.
+summary. Both orders of a pair go in the same engine call, and a call takes as many pairs as
+`evoquality.stages.batching` allows (the whole shard unless memory or progress steps bound it).
+Each ordered pair's samples are seeded by ``derive_seed(run seed, "vote", round, pair id, order)``,
+so the votes table does not depend on the number of shards or on the batch size.
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ import numpy as np
 import pyarrow as pa
 
 from evoquality import artifacts
-from evoquality.engines.base import EngineImage, Sampling, make_engine
+from evoquality.engines import Engine, EngineImage, Sampling, derive_seed, make_engine
 from evoquality.pairs import shard_bounds
 from evoquality.pool import load_prepared, plan_round_pairs, round_pool
 from evoquality.prompts import parse_choice
+from evoquality.stages.batching import batches, call_memory_bytes, units_per_call
 from evoquality.stages.context import StageContext, StageError, check_unreadable
 from evoquality.stages.progress import progress
 from evoquality.voting import agreement, order_plan, position_bias, tally
@@ -42,6 +46,35 @@ def previous_scores(ctx: StageContext, round_index: int, keys: list[str]) -> np.
     table = artifacts.read_table(ctx.store, artifacts.resolve(ctx.store, rank, "scores"))
     by_key = dict(zip(table["image"].to_pylist(), table["score"].to_pylist(), strict=True))
     return np.array([by_key.get(k, 0.0) for k in keys], dtype=np.float64)
+
+
+def pair_seeds(run_seed: int, round_index: int, pair_ids: np.ndarray, order: int) -> list[int]:
+    """The sampling seed of each pair shown in ``order`` (0 = as planned, 1 = swapped)."""
+    return [derive_seed(run_seed, "vote", round_index, int(p), order) for p in pair_ids]
+
+
+def ask_both_orders(
+    engine: Engine,
+    forward: list[tuple[EngineImage, EngineImage]],
+    counts: tuple[int, int],
+    sampling: Sampling,
+    seeds: tuple[list[int], list[int]],
+) -> list[list[str]]:
+    """Per pair: ``counts[0]`` answers as planned, then ``counts[1]`` swapped.
+
+    Both orders go in one engine call when their counts are equal (any even K).
+    """
+    n_forward, n_backward = counts
+    if not n_backward:
+        return engine.compare(forward, n_forward, sampling, seeds[0])
+    backward = [(b, a) for a, b in forward]
+    if n_forward == n_backward:
+        answers = engine.compare(forward + backward, n_forward, sampling, seeds[0] + seeds[1])
+        first, second = answers[: len(forward)], answers[len(forward) :]
+    else:
+        first = engine.compare(forward, n_forward, sampling, seeds[0])
+        second = engine.compare(backward, n_backward, sampling, seeds[1])
+    return [a + b for a, b in zip(first, second, strict=True)]
 
 
 def run(ctx: StageContext) -> dict:
@@ -87,28 +120,25 @@ def run(ctx: StageContext) -> dict:
         temperature=spec.voting.temperature,
         top_p=spec.voting.top_p,
         max_new_tokens=spec.voting.max_new_tokens,
-        seed=spec.seed + round_index * 1_000_003 + start,
+        seed=spec.seed,
     )
+    per_order = (k - n_swapped, n_swapped)
     choices = np.full((len(shard_pairs), k), -1, dtype=np.int8)
     texts: list[list[str]] = []
-    batch = spec.voting.batch_size
+    pixels_per_pair = 4 * spec.model.max_pixels if engine.needs_pixels else 0  # 2 images x 2 orders
+    size = units_per_call(
+        len(shard_pairs), pixels_per_pair, spec.voting.batch_size, call_memory_bytes()
+    )
     began = time.monotonic()
     with progress(f"vote r{round_index} shard {shard}/{num_shards}", len(shard_pairs)) as bar:
-        for lo in range(0, len(shard_pairs), batch):
-            chunk = shard_pairs[lo : lo + batch]
-            forward = [(engine_images[int(a)], engine_images[int(b)]) for a, b in chunk]
-            answers = engine.compare(forward, k - n_swapped, sampling)
-            if n_swapped:
-                backward = [(b, a) for a, b in forward]
-                for row, extra in zip(
-                    answers, engine.compare(backward, n_swapped, sampling), strict=True
-                ):
-                    row.extend(extra)
-            for offset, row in enumerate(answers):
-                parsed = [parse_choice(text) for text in row]
-                choices[lo + offset] = [-1 if c is None else c for c in parsed]
+        for part in batches(len(shard_pairs), size):
+            forward = [(engine_images[int(a)], engine_images[int(b)]) for a, b in shard_pairs[part]]
+            seeds = tuple(pair_seeds(spec.seed, round_index, pair_ids[part], o) for o in (0, 1))
+            answers = ask_both_orders(engine, forward, per_order, sampling, seeds)
+            for offset, row in enumerate(answers, start=part.start):
+                choices[offset] = [-1 if c is None else c for c in map(parse_choice, row)]
                 texts.append(row)
-            bar.advance(len(chunk))
+            bar.advance(len(forward))
     seconds = time.monotonic() - began
     engine.close()
 
@@ -141,7 +171,8 @@ def run(ctx: StageContext) -> dict:
         if len(decided)
         else 0.0,
         "pairs_per_s": len(shard_pairs) / seconds if seconds > 0 else None,
-        "engine": engine.name,
+        "pairs_per_call": size,
+        **engine.summary_metrics(),
     }
     return attempt.commit({"metrics": metrics})
 

@@ -6,7 +6,8 @@ pair (adjacent dataset rows 2i and 2i+1) and all their G samples in ONE reward c
 index; ``batch_size`` unique indices per generation batch; each generation batch repeated
 ``repeat_count`` times; the last incomplete batch dropped) but shuffles WHOLE pairs. With
 ``per_device_batch x steps_per_generation`` a multiple of 2G, every rank's slice of a generation
-batch (and so every reward call) holds whole pairs.
+batch (and so every reward call) holds whole pairs. `make_pair_trainer_class` builds the trainer
+that uses it (and restores resumed weights through `evoquality.training.resume`).
 """
 
 from __future__ import annotations
@@ -88,8 +89,13 @@ class PairRepeatSampler(Sampler[int]):
 
 
 def make_pair_trainer_class():
-    """A GRPOTrainer subclass whose train sampler is `PairRepeatSampler` (TRL imported lazily)."""
+    """A GRPOTrainer subclass whose train sampler is `PairRepeatSampler` and whose resume restores
+    the policy's weights with the model's key conversion (`evoquality.training.resume`); TRL is
+    imported lazily."""
+    from transformers.modeling_utils import PreTrainedModel
     from trl import GRPOTrainer
+
+    from evoquality.training.resume import load_checkpoint_weights
 
     class PairGRPOTrainer(GRPOTrainer):
         def _get_train_sampler(self, dataset=None) -> Sampler:
@@ -103,5 +109,12 @@ def make_pair_trainer_class():
                 shuffle=True,
                 seed=self.args.seed,
             )
+
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+            target = self.accelerator.unwrap_model(model if model is not None else self.model)
+            if isinstance(target, PreTrainedModel):  # a PEFT model restores its adapters itself
+                load_checkpoint_weights(target, resume_from_checkpoint)
+            else:
+                super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     return PairGRPOTrainer

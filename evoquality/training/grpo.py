@@ -128,13 +128,21 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def ensure_distributed_env() -> None:
-    """DeepSpeed needs a process group even alone: defaults for a single-process run."""
+def ensure_distributed(cuda: bool) -> None:
+    """DeepSpeed needs a process group even alone: defaults for a single-process run.
+
+    On CPU accelerate never starts DeepSpeed's communication backend (it does on GPUs), so ZeRO-3,
+    which partitions the weights while the model loads, would count one rank: start it here.
+    """
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(_free_port()))
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
+    if not cuda:
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="gloo")
 
 
 def grpo_settings(spec: EvoQualityRunSpec, cuda: bool) -> dict[str, Any]:
@@ -258,7 +266,7 @@ def _make_callback(on_step, on_save):
                 on_step(record)
 
         def on_save(self, args, state, control, **kwargs):
-            if on_save is not None and state.is_world_process_zero:
+            if on_save is not None:  # every process: each wrote its own files
                 on_save(Path(args.output_dir) / f"checkpoint-{state.global_step}")
 
     return _RoundCallback()
@@ -285,8 +293,10 @@ def train_round(
 ) -> dict[str, Any]:
     """Train P_r -> P_{r+1} on the labelled pairs; the model lands in ``output_dir/final``.
 
-    Checkpoints go to ``output_dir/checkpoint-<step>`` every ``training.saveSteps`` (``on_save``
-    gets each); ``resume_from`` continues one. Returns a summary of scalars.
+    Checkpoints go to ``output_dir/checkpoint-<step>`` every ``training.saveSteps``; ``on_save``
+    gets each on every process (each rank writes its own files: the caller coordinates) and
+    ``on_step`` each step's record on the main process; ``resume_from`` continues a checkpoint.
+    Returns a summary of scalars.
     """
     import torch
     from trl import GRPOConfig
@@ -298,7 +308,7 @@ def train_round(
     t = spec.training
     cuda = torch.cuda.is_available()
     if t.deepspeed != "none":
-        ensure_distributed_env()
+        ensure_distributed(cuda)
     settings = grpo_settings(spec, cuda)
     args = GRPOConfig(output_dir=str(output_dir), **settings)
 

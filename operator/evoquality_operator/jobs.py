@@ -34,6 +34,16 @@ IMAGE_ENV = {
 }
 STAGE_DEFAULTS_ENV = "EVOQUALITY_STAGE_DEFAULTS"
 STAGE_IMAGE_KIND = {"vote": "voter", "eval": "voter", "train": "trainer", "rank": "worker"}
+CONTAINER = "stage"  # the one container of every stage pod
+# A vote shard's pod that fails is replaced this many times within its Job (its index only).
+VOTE_RETRIES_PER_INDEX = 1
+# `evoquality` exits 2 on errors a retry cannot fix (bad arguments, spec, inputs; so does
+# torchrun on bad arguments): such a vote shard is not retried within the Job.
+NO_RETRY_EXIT_CODES = (2,)
+# Evicted or preempted pods do not count as failures (the Job replaces them).
+DISRUPTION_RULES = (
+    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+)
 
 
 @dataclass(frozen=True)
@@ -150,6 +160,8 @@ def _env(ctx: RunContext, pod: PodSpec, job_name: str) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "EVOQUALITY_ATTEMPT_ID", "value": job_name},
         {"name": "HF_HOME", "value": MODEL_CACHE},
+        # where the stage writes its summary: the container's terminationMessagePath
+        {"name": "EVOQUALITY_TERMINATION_LOG", "value": TERMINATION_LOG},
     ]
     if ctx.spec.storage.endpoint:
         env.append({"name": "AWS_ENDPOINT_URL_S3", "value": ctx.spec.storage.endpoint})
@@ -179,31 +191,70 @@ def _stage_args(ctx: RunContext, key: StageKey) -> list[str]:
     return args
 
 
-def _command(ctx: RunContext, key: StageKey, job_name: str) -> tuple[list[str], list[str]]:
-    """(command, args) of the stage container."""
+def _launched(spec: EvoQualityRunSpec, key: StageKey) -> bool:
+    """Whether the stage runs under torchrun (training on several GPUs or nodes)."""
+    training = spec.training
+    return key.stage == "train" and (training.nodes > 1 or training.gpus_per_node > 1)
+
+
+def _command(ctx: RunContext, key: StageKey) -> tuple[list[str], list[str]]:
+    """(command, args) of the stage container.
+
+    Under torchrun the launcher's settings travel as `PET_*` variables (`_launcher_env`) and `--`
+    ends its options: torchrun matches prefixes of its own options anywhere before it (`--run`
+    would be ambiguous with `--run-path`), so the stage's arguments reach `evoquality` untouched.
+    """
     stage = _stage_args(ctx, key)
-    training = ctx.spec.training
-    if key.stage != "train" or (training.nodes == 1 and training.gpus_per_node <= 1):
+    if not _launched(ctx.spec, key):
         return ["evoquality"], stage
-    per_node = str(max(training.gpus_per_node, 1))
+    return ["torchrun"], ["--no-python", "--", "evoquality", *stage]
+
+
+def _launcher_env(ctx: RunContext, key: StageKey, job_name: str) -> list[dict[str, Any]]:
+    """torchrun's settings as `PET_<OPTION>` variables (torchrun's defaults for its options, as
+    Kubeflow Trainer sets them): one node is `--standalone`; several rendezvous on index 0 through
+    the headless Service, each pod's node rank being its completion index."""
+    if not _launched(ctx.spec, key):
+        return []
+    training = ctx.spec.training
+    env = [
+        {"name": "PET_NNODES", "value": str(training.nodes)},
+        {"name": "PET_NPROC_PER_NODE", "value": str(max(training.gpus_per_node, 1))},
+    ]
     if training.nodes == 1:
-        launcher = ["--standalone", "--nnodes", "1", "--nproc-per-node", per_node]
-    else:
-        service = naming.train_service_name(ctx.name, key.round or 0)
-        master = f"{job_name}-0.{service}"
-        launcher = [
-            "--nnodes",
-            str(training.nodes),
-            "--nproc-per-node",
-            per_node,
-            "--node-rank",
-            "$(NODE_RANK)",
-            "--master-addr",
-            master,
-            "--master-port",
-            str(RENDEZVOUS_PORT),
-        ]
-    return ["torchrun"], [*launcher, "--no-python", "evoquality", *stage]
+        return [*env, {"name": "PET_STANDALONE", "value": "1"}]
+    service = naming.train_service_name(ctx.name, key.round or 0)
+    index = f"metadata.annotations['{naming.COMPLETION_INDEX_ANNOTATION}']"
+    return [
+        *env,
+        {"name": "PET_NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": index}}},
+        {"name": "PET_MASTER_ADDR", "value": f"{job_name}-0.{service}"},
+        {"name": "PET_MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
+    ]
+
+
+def vote_failure_policy(shards: int) -> dict[str, Any]:
+    """Vote shards fail per index: a failed shard is retried alone (`VOTE_RETRIES_PER_INDEX`)
+    while the others run on; exit codes in `NO_RETRY_EXIT_CODES` fail their index at once; once
+    more than half the indexes failed the Job stops. Shards that finished are committed, so the
+    operator's next attempt of the stage runs only the failed ones again."""
+    return {
+        "backoffLimitPerIndex": VOTE_RETRIES_PER_INDEX,
+        "maxFailedIndexes": shards // 2,
+        "podFailurePolicy": {
+            "rules": [
+                *DISRUPTION_RULES,
+                {
+                    "action": "FailIndex",
+                    "onExitCodes": {
+                        "containerName": CONTAINER,
+                        "operator": "In",
+                        "values": list(NO_RETRY_EXIT_CODES),
+                    },
+                },
+            ]
+        },
+    }
 
 
 def stage_job(ctx: RunContext, key: StageKey, attempt: int, suspend: bool) -> dict[str, Any]:
@@ -214,26 +265,14 @@ def stage_job(ctx: RunContext, key: StageKey, attempt: int, suspend: bool) -> di
     labels = naming.stage_labels(ctx.name, key.round, key.stage, attempt)
     if spec.queue_name:
         labels[naming.KUEUE_QUEUE_LABEL] = spec.queue_name
-    command, args = _command(ctx, key, name)
-    env = _env(ctx, pod, name)
+    command, args = _command(ctx, key)
+    env = _env(ctx, pod, name) + _launcher_env(ctx, key, name)
     multi_node = key.stage == "train" and spec.training.nodes > 1
-    if multi_node:
-        env.append({"name": "NNODES", "value": str(spec.training.nodes)})
-        env.append(
-            {
-                "name": "NODE_RANK",
-                "valueFrom": {
-                    "fieldRef": {
-                        "fieldPath": f"metadata.annotations['{naming.COMPLETION_INDEX_ANNOTATION}']"
-                    }
-                },
-            }
-        )
     env_from = [{"secretRef": {"name": s}} for s in pod.env_from_secrets]
     if spec.storage.secret_name:
         env_from.insert(0, {"secretRef": {"name": spec.storage.secret_name}})
     container: dict[str, Any] = {
-        "name": "stage",
+        "name": CONTAINER,
         "image": pod.image or ctx.images.for_stage(key.stage),
         "command": command,
         "args": args,
@@ -282,12 +321,11 @@ def stage_job(ctx: RunContext, key: StageKey, attempt: int, suspend: bool) -> di
     if multi_node:
         pod_spec["subdomain"] = naming.train_service_name(ctx.name, key.round or 0)
     job_spec: dict[str, Any] = {
-        "backoffLimit": 0,  # retries are the operator's attempts (counted, with backoff)
+        # retries are the operator's attempts (counted, with backoff); vote shards: per index
+        **({} if key.stage == "vote" else {"backoffLimit": 0}),
         "suspend": suspend,
         "podReplacementPolicy": "Failed",
-        "podFailurePolicy": {
-            "rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]
-        },
+        "podFailurePolicy": {"rules": list(DISRUPTION_RULES)},
         "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
     }
     if key.stage == "vote":
@@ -296,6 +334,7 @@ def stage_job(ctx: RunContext, key: StageKey, attempt: int, suspend: bool) -> di
             completionMode="Indexed",
             completions=shards,
             parallelism=min(spec.voting.parallelism or shards, shards),
+            **vote_failure_policy(shards),
         )
     elif multi_node:
         job_spec.update(

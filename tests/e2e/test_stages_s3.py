@@ -16,19 +16,13 @@ from safetensors.numpy import load_file
 from evoquality import artifacts
 from evoquality.stages import StageArgs, StageError, run_stage
 from evoquality.storage import open_store
+from tests.plugins.tiny_model import tiny_model_spec
 
 
 def tiny_spec(model_dir, manifest, storage, **overrides):
     spec = {
         "seed": 1,
-        "model": {
-            "base": str(model_dir),
-            "engine": "transformers",
-            "dtype": "float32",
-            "reasoning": False,
-            "minPixels": 784,
-            "maxPixels": 3136,
-        },
+        "model": tiny_model_spec(model_dir),
         "data": {"manifest": manifest, "maxImages": 12, "augmentation": None},
         "rounds": 2,
         "voting": {"pairsPerRound": 8, "votesPerPair": 2, "shards": 2, "maxNewTokens": 12},

@@ -35,7 +35,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path, tiny_model_d
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     train_dir = tmp_path / "runs" / "default" / "resume" / "rounds" / "0" / "train"
     deadline = time.monotonic() + DEADLINE_S
-    while not list(train_dir.glob("attempt-*/checkpoints/checkpoint-*/trainer_state.json")):
+    while not list(train_dir.glob("attempt-*/checkpoints/checkpoint-*/checkpoint-complete.json")):
         assert proc.poll() is None, "training ended before its first checkpoint was uploaded"
         assert time.monotonic() < deadline, "no checkpoint within the deadline"
         time.sleep(0.05)

@@ -16,7 +16,9 @@ over real HTTP like the operator does (`ClusterHandle.api`). Fixtures:
   kopf with the operator's handlers for a `with` block.
 
 `JobController` plays the Job controller: starts Jobs, then completes or fails them and writes pods
-with termination messages (`JobController.tick`); `wait_for` polls with a deadline.
+with termination messages (`JobController.tick`), without running anything; `job_executor.py`
+runs the Jobs' containers for real instead. `ClusterHandle.add_listener` wakes such a controller
+on every write to the API; `wait_for` polls with a deadline.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ RESOURCES: dict[str, tuple[str, bool]] = {
     "batch/v1/jobs": ("Job", True),
     "v1/pods": ("Pod", True),
     "v1/configmaps": ("ConfigMap", True),
+    "v1/secrets": ("Secret", True),
     "v1/services": ("Service", True),
     "v1/events": ("Event", True),
     "v1/namespaces": ("Namespace", False),
@@ -63,7 +66,7 @@ REQUEST_LOG = 16
 VERBS = {"create", "delete", "get", "list", "patch", "update", "watch"}
 
 
-def _now() -> str:
+def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -148,6 +151,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     created: list[tuple[str, str | None, str]] = attrs.field(factory=list, init=False)
     conflicts: list[tuple[str, str | None, str]] = attrs.field(factory=list, init=False)
     created_at: list[tuple[str, str | None, str, float]] = attrs.field(factory=list, init=False)
+    # called (on the emulator's loop) after every successful write: the test's controllers wake
+    listeners: list[Callable[[], None]] = attrs.field(factory=list, init=False)
 
     def _next_version(self) -> str:
         self._last_version = next(self._versions)
@@ -173,7 +178,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 meta["namespace"] = request.namespace
             meta["uid"] = str(uuid.uuid4())
             meta["resourceVersion"] = self._next_version()
-            meta.setdefault("creationTimestamp", _now())
+            meta.setdefault("creationTimestamp", now_iso())
             meta.setdefault("generation", 1)
             data["apiVersion"] = _api_version(resource)
             data["kind"] = kind
@@ -205,6 +210,10 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             (self.created if response.status < 400 else self.conflicts).append(where)
             if response.status < 400:
                 self.created_at.append((*where, time.monotonic()))
+        writes = (kaction.CREATE, kaction.UPDATE, kaction.DELETE)
+        if resource is not None and request.action in writes and response.status < 400:
+            for listener in list(self.listeners):
+                listener()
         return response
 
     async def _serve_list(self, request: kmock.Request) -> Any:
@@ -314,6 +323,15 @@ class ClusterHandle:
     def created(self, plural: str) -> list[str]:
         assert self.emulator is not None
         return self.call(lambda: [n for p, _, n in self.emulator.created if p == plural])
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener` (thread-safe, quick) after every successful write to the API."""
+        assert self.emulator is not None
+        self.call(lambda: self.emulator.listeners.append(listener))
+
+    def remove_listener(self, listener: Callable[[], None]) -> None:
+        assert self.emulator is not None
+        self.call(lambda: self.emulator.listeners.remove(listener))
 
     def conflicts(self) -> list[tuple[str, str | None, str]]:
         assert self.emulator is not None
@@ -438,7 +456,7 @@ class JobController:
                 self.cluster.api.request(
                     "PATCH",
                     self._job_path(name),
-                    body={"status": {"active": 1, "startTime": _now()}},
+                    body={"status": {"active": 1, "startTime": now_iso()}},
                     content_type="application/merge-patch+json",
                 )
                 continue
@@ -478,7 +496,7 @@ class JobController:
                                     "terminated": {
                                         "exitCode": code,
                                         "message": message,
-                                        "finishedAt": _now(),
+                                        "finishedAt": now_iso(),
                                         "reason": "Completed" if code == 0 else "Error",
                                     }
                                 },
@@ -492,12 +510,12 @@ class JobController:
         condition = "Complete" if verdict == "succeed" else "Failed"
         status = {
             "active": 0,
-            "completionTime": _now() if verdict == "succeed" else None,
+            "completionTime": now_iso() if verdict == "succeed" else None,
             "conditions": [
                 {
                     "type": condition,
                     "status": "True",
-                    "lastTransitionTime": _now(),
+                    "lastTransitionTime": now_iso(),
                     **({} if verdict == "succeed" else {"reason": "BackoffLimitExceeded"}),
                 }
             ],

@@ -3,6 +3,7 @@
 ``tiny_model_dir`` builds `evoquality.tiny_model.make_tiny_model(seed=0)` into pytest's cache
 folder, keyed by the tiny model's source, the prompts and the library versions, so a later session
 reuses it (~15 s saved). Delete ``.pytest_cache`` (or run ``pytest --cache-clear``) to rebuild.
+``tiny_model_spec`` is the spec's ``model`` section that runs it (float32, tiny pixel caps).
 """
 
 from __future__ import annotations
@@ -42,3 +43,15 @@ def tiny_model_dir(request, tmp_path_factory) -> Path:
     if not (target / MARKER_FILE).exists():
         build_tiny_model_atomic(target, seed=0)
     return target
+
+
+def tiny_model_spec(model_dir: Path, engine: str = "transformers", max_pixels: int = 3136) -> dict:
+    """The ``model`` section of a spec running the tiny model with ``engine`` (no reasoning)."""
+    return {
+        "base": str(model_dir),
+        "engine": engine,
+        "dtype": "float32",
+        "reasoning": False,
+        "minPixels": 784,
+        "maxPixels": max_pixels,
+    }

@@ -1,5 +1,6 @@
 """Engine requests without a model: vLLM request building (grid identity with the HF image
-processor), sampling parameters, the simulated engine, make_engine's lazy imports."""
+processor), sampling, memory and pixel settings, seeds, the simulated engine, make_engine's lazy
+imports."""
 
 from __future__ import annotations
 
@@ -11,9 +12,21 @@ from PIL import Image
 
 from evoquality import prompts
 from evoquality.data.images import image_grid, prepare_image
-from evoquality.engines import EngineImage, Sampling, build_messages, make_engine
+from evoquality.engines import (
+    Engine,
+    EngineImage,
+    Sampling,
+    build_messages,
+    derive_seed,
+    make_engine,
+)
 from evoquality.engines.simulated import SimulatedEngine, unordered_pair_key
-from evoquality.engines.vllm_engine import build_chat_request, sampling_kwargs
+from evoquality.engines.vllm_engine import (
+    build_chat_request,
+    platform_kwargs,
+    processor_kwargs,
+    sampling_kwargs,
+)
 from evoquality.spec import ModelSpec, SimulatedJudgeSpec
 
 
@@ -40,16 +53,42 @@ def test_build_chat_request_uses_image_pil_parts_in_order():
     assert [p["type"] for p in hf[0]["content"]] == ["image", "image", "text"]
 
 
-def test_sampling_kwargs_always_set_max_tokens():
-    assert sampling_kwargs(Sampling(0.7, 0.9, 33, 5), 4) == {
+def test_sampling_kwargs_always_set_max_tokens_and_greedy_asks_once():
+    assert sampling_kwargs(Sampling(0.7, 0.9, 33, 5), 4, seed=77) == {
         "n": 4,
         "temperature": 0.7,
         "top_p": 0.9,
         "max_tokens": 33,
-        "seed": 5,
+        "seed": 77,
     }
-    greedy = sampling_kwargs(Sampling(0.0, 0.5, 8, 1), 1)
-    assert greedy["temperature"] == 0.0 and greedy["top_p"] == 1.0 and greedy["max_tokens"] == 8
+    greedy = sampling_kwargs(Sampling(0.0, 0.5, 8, 1), 6, seed=2)
+    assert greedy == {"n": 1, "temperature": 0.0, "top_p": 1.0, "max_tokens": 8, "seed": 2}
+
+
+def test_cpu_settings_size_the_kv_cache_and_turn_chunked_prefill_off():
+    gpu = platform_kwargs(False, "bfloat16", 0.85, {"VLLM_CPU_KVCACHE_SPACE": "3"})
+    assert gpu == {"gpu_memory_utilization": 0.85, "dtype": "bfloat16"}
+    cpu = platform_kwargs(True, "bfloat16", 0.9, {})
+    assert cpu == {
+        "kv_cache_memory_bytes": 1 << 30,
+        "enable_chunked_prefill": False,
+        "enforce_eager": True,
+        "dtype": "float32",
+    }
+    more = platform_kwargs(True, "float32", 0.9, {"VLLM_CPU_KVCACHE_SPACE": "3"})
+    assert more["kv_cache_memory_bytes"] == 3 << 30
+    assert processor_kwargs(784, 3136) == {"size": {"shortest_edge": 784, "longest_edge": 3136}}
+
+
+def test_derived_seeds_are_stable_distinct_and_fit_vllm():
+    assert derive_seed(0, "vote", 1, 5, 0) == derive_seed(0, "vote", 1, 5, 0)
+    seeds = {derive_seed(0, "vote", 1, p, o) for p in range(500) for o in (0, 1)}
+    assert len(seeds) == 1000 and all(0 <= s < 1 << 62 for s in seeds)
+    assert derive_seed(1, 2) != derive_seed("1", 2) != derive_seed(12)
+    derived = Engine.request_seeds(Sampling(1, 1, 8, 3), 1, 2, None)
+    assert derived == [derive_seed(3, 0), derive_seed(3, 1)]
+    with pytest.raises(ValueError, match="2 seeds for 3 requests"):
+        Engine.request_seeds(Sampling(1, 1, 8, 3), 1, 3, [1, 2])
 
 
 @pytest.mark.parametrize(
@@ -134,6 +173,8 @@ def test_simulated_scores_noise_and_reproducibility():
     a = engine.score(items, 200, sampling)
     b = engine.score(items, 200, sampling)
     assert a == b
+    # a request's samples depend on its own seed only, not on the other requests of its call
+    assert engine.score(items[2:3], 200, sampling, seeds=[derive_seed(11, 2)]) == a[2:3]
     for j, row in enumerate(a):
         values = np.array([prompts.parse_score(t) for t in row])
         assert values.min() >= 1.0 and values.max() <= 5.0
@@ -158,6 +199,9 @@ def test_make_engine_picks_by_spec_and_imports_vllm_lazily():
     engine = make_engine(spec, "unused", seed=3)
     assert isinstance(engine, SimulatedEngine) and engine.seed == 3
     assert "vllm" not in sys.modules  # importing the engines never imports vLLM
+    import evoquality.engines.base as base
+
+    assert not hasattr(base, "make_engine")  # the interface imports no concrete engine
     try:
         import vllm  # noqa: F401
     except ImportError:  # CPU machines: choosing vllm fails at construction, not at import

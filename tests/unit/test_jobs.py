@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
+import pytest
 from evoquality_operator import jobs
 from evoquality_operator.reconcile import StageKey
 
-from evoquality.spec import parse_spec
+from evoquality.spec import load_run, parse_spec
 
 
 def ctx(**spec):
@@ -52,7 +55,7 @@ def test_vote_job_is_indexed_with_pod_settings():
         "blockOwnerDeletion": True,
     }
     spec = job["spec"]
-    assert spec["suspend"] is True and spec["backoffLimit"] == 0
+    assert spec["suspend"] is True and "backoffLimit" not in spec  # per index instead
     assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 8, 3)
     assert spec["podReplacementPolicy"] == "Failed" and spec["activeDeadlineSeconds"] == 600
     pod = spec["template"]["spec"]
@@ -98,7 +101,9 @@ def test_single_node_training_takes_all_gpus():
     main = container(job)
     assert main["resources"]["limits"]["nvidia.com/gpu"] == "8"
     assert main["command"] == ["torchrun"]
-    assert main["args"][:5] == ["--standalone", "--nnodes", "1", "--nproc-per-node", "8"]
+    assert main["args"][:4] == ["--no-python", "--", "evoquality", "stage"]
+    env = {e["name"]: e["value"] for e in main["env"] if e["name"].startswith("PET_")}
+    assert env == {"PET_STANDALONE": "1", "PET_NNODES": "1", "PET_NPROC_PER_NODE": "8"}
     assert "completionMode" not in job["spec"]
     assert [o["kind"] for o in jobs.stage_objects(c, StageKey(0, "train"), 0, False)] == ["Job"]
 
@@ -115,10 +120,79 @@ def test_multi_node_training_is_an_indexed_gang_with_a_headless_service():
     assert pod["subdomain"] == "demo-r2-train-svc"
     labels = spec["template"]["metadata"]["labels"]
     assert all(labels[k] == v for k, v in service["spec"]["selector"].items())
-    args = container(job)["args"]
-    assert args[args.index("--master-addr") + 1] == "demo-r2-train-a1-0.demo-r2-train-svc"
-    assert args[args.index("--node-rank") + 1] == "$(NODE_RANK)"
-    assert args[args.index("--no-python") + 1 :][:3] == ["evoquality", "stage", "train"]
+    assert container(job)["args"][:5] == ["--no-python", "--", "evoquality", "stage", "train"]
+    env = {e["name"]: e for e in container(job)["env"]}
+    assert env["PET_MASTER_ADDR"]["value"] == "demo-r2-train-a1-0.demo-r2-train-svc"
+    assert env["PET_MASTER_PORT"]["value"] == "29500" and env["PET_NNODES"]["value"] == "4"
+    assert env["PET_NODE_RANK"]["valueFrom"]["fieldRef"] == {
+        "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    }
+    assert "PET_STANDALONE" not in env
+
+
+EXAMPLE_7B = Path(__file__).parents[2] / "examples" / "qwen2.5-vl-7b.yaml"
+
+
+def example_7b(**training) -> jobs.RunContext:
+    run = load_run(EXAMPLE_7B)
+    spec = run.spec.model_copy(update={"training": run.spec.training.model_copy(update=training)})
+    return jobs.RunContext(run.metadata.namespace, run.metadata.name, "uid-1", spec)
+
+
+def rendered_launcher_args(context: jobs.RunContext, node_rank: int, monkeypatch):
+    """The rendered train container's command and args, parsed by torch's own launcher parser
+    with the container's env (the completion-index annotation resolved to `node_rank`)."""
+    from torch.distributed.run import get_args_parser
+
+    main = container(jobs.stage_job(context, StageKey(0, "train"), 1, suspend=False))
+    for name in [n for n in os.environ if n.startswith("PET_")]:
+        monkeypatch.delenv(name)
+    for var in main["env"]:
+        if "value" in var:
+            monkeypatch.setenv(var["name"], var["value"])
+        elif var["name"] == "PET_NODE_RANK":
+            monkeypatch.setenv(var["name"], str(node_rank))
+    assert main["command"] == ["torchrun"]
+    stage_args = main["args"][main["args"].index("evoquality") + 1 :]
+    return get_args_parser().parse_args(main["args"]), stage_args  # the parser reads PET_* now
+
+
+STAGE_ARGS_7B = [
+    "stage",
+    "train",
+    "--run",
+    "s3://my-iqa-bucket/evoquality-runs/evoquality/qwen2-5-vl-7b",
+    "--round",
+    "0",
+    "--spec",
+    "/etc/evoquality/spec.json",
+]
+
+
+def test_the_7b_train_command_reaches_evoquality_through_torchrun(monkeypatch):
+    parsed, stage_args = rendered_launcher_args(example_7b(), 0, monkeypatch)
+    assert stage_args == STAGE_ARGS_7B
+    assert (parsed.training_script, parsed.training_script_args) == ("evoquality", STAGE_ARGS_7B)
+    assert parsed.no_python and parsed.standalone
+    assert (parsed.nnodes, parsed.nproc_per_node) == ("1", "8")
+
+
+def test_the_7b_train_command_on_two_nodes_rendezvous_on_index_0(monkeypatch):
+    parsed, _ = rendered_launcher_args(example_7b(nodes=2), 1, monkeypatch)
+    assert (parsed.training_script, parsed.training_script_args) == ("evoquality", STAGE_ARGS_7B)
+    assert (parsed.nnodes, parsed.nproc_per_node, parsed.node_rank) == ("2", "8", 1)
+    assert parsed.master_addr == "qwen2-5-vl-7b-r0-train-a1-0.qwen2-5-vl-7b-r0-train-svc"
+    assert parsed.master_port == 29500 and not parsed.standalone
+
+
+def test_the_old_train_argv_is_refused_by_torchrun():
+    """Negative control: without `--`, torchrun reads the stage's `--run` as its own option."""
+    from torch.distributed.run import get_args_parser
+
+    old = ["--standalone", "--nnodes", "1", "--nproc-per-node", "8", "--no-python", "evoquality"]
+    with pytest.raises(SystemExit) as exited:
+        get_args_parser().parse_args(old + STAGE_ARGS_7B)
+    assert exited.value.code == 2
 
 
 def test_spec_configmap_holds_the_validated_spec():
@@ -257,3 +331,56 @@ def test_stage_defaults_from_the_chart_apply_when_the_run_sets_none():
     assert train["resources"]["limits"] == {"memory": "1Ti", "nvidia.com/gpu": "4"}  # spec's GPUs
     evaluation = container(jobs.stage_job(c, StageKey(0, "eval"), 0, suspend=False))
     assert evaluation["resources"]["limits"]["cpu"] == "3"  # the run's own settings win
+
+
+# --- failure policy per stage (docs/operator.md, "Failure policy") ---------------------------
+
+
+def test_vote_shards_fail_per_index():
+    spec = jobs.stage_job(ctx(voting={"shards": 5}), StageKey(0, "vote"), 0, suspend=False)["spec"]
+    assert spec["backoffLimitPerIndex"] == jobs.VOTE_RETRIES_PER_INDEX == 1
+    assert spec["maxFailedIndexes"] == 2  # more than half of 5 failed: stop the rest
+    ignore, fail_index = spec["podFailurePolicy"]["rules"]
+    assert ignore == {
+        "action": "Ignore",
+        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+    }
+    assert fail_index == {
+        "action": "FailIndex",
+        "onExitCodes": {"containerName": "stage", "operator": "In", "values": [2]},
+    }
+    assert fail_index["onExitCodes"]["containerName"] == container({"spec": spec})["name"]
+
+
+@pytest.mark.parametrize(
+    ("stage", "training"),
+    [
+        ("rank", {}),
+        ("eval", {}),
+        ("train", {"gpusPerNode": 1}),
+        ("train", {"gpusPerNode": 8}),
+        ("train", {"nodes": 2, "gpusPerNode": 8}),
+    ],
+)
+def test_other_stages_leave_retries_to_the_operator(stage, training):
+    spec = jobs.stage_job(ctx(training=training), StageKey(0, stage), 0, suspend=False)["spec"]
+    assert spec["backoffLimit"] == 0
+    assert "backoffLimitPerIndex" not in spec and "maxFailedIndexes" not in spec
+    assert spec["podFailurePolicy"] == {"rules": list(jobs.DISRUPTION_RULES)}
+
+
+def test_the_stage_learns_its_termination_message_path():
+    job = jobs.stage_job(ctx(), StageKey(0, "rank"), 0, suspend=False)
+    env = {e["name"]: e.get("value") for e in container(job)["env"]}
+    assert env["EVOQUALITY_TERMINATION_LOG"] == container(job)["terminationMessagePath"]
+
+
+@pytest.mark.parametrize(
+    ("stage", "training"),
+    [("vote", {}), ("train", {"gpusPerNode": 8}), ("train", {"nodes": 2, "gpusPerNode": 8})],
+)
+def test_stage_jobs_are_valid_kubernetes_objects(stage, training):
+    import kubernetes_validate
+
+    job = jobs.stage_job(ctx(training=training), StageKey(0, stage), 0, suspend=False)
+    kubernetes_validate.validate(job, "1.33.0", strict=True)  # backoffLimitPerIndex: GA in 1.33

@@ -59,3 +59,23 @@ def test_relative_storage_lives_in_the_workdir(tmp_path):
     assert run_root(run, tmp_path) == f"{tmp_path}/runs/default/demo"
     s3 = make_run(storage={"uri": "s3://b/p/"})
     assert run_root(s3, tmp_path) == "s3://b/p/default/demo"
+
+
+def test_vllm_inference_stages_run_with_the_vllm_python(tmp_path):
+    import pytest
+
+    from evoquality.engines.vllm_env import vllm_python
+    from evoquality.runner import RunError, stage_python
+
+    assert stage_python("vote", "vllm", "/py", "/vllm-py") == "/vllm-py"
+    assert stage_python("eval", "vllm", "/py", "/vllm-py") == "/vllm-py"
+    assert stage_python("train", "vllm", "/py", "/vllm-py") == "/py"
+    assert stage_python("vote", "transformers", "/py", None) == "/py"
+    with pytest.raises(RunError, match="make vllm-venv"):
+        stage_python("vote", "vllm", "/py", None)
+    assert vllm_python({"EVOQUALITY_VLLM_PYTHON": "/x/python"}) == "/x/python"
+    venv = tmp_path / ".venv-vllm" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "python").touch()
+    found = vllm_python({}, root=tmp_path)
+    assert found in (str(venv / "python"), __import__("sys").executable)

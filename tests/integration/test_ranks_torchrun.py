@@ -1,0 +1,57 @@
+"""`Ranks` collectives with 2 real ranks under torchrun (gloo on CPU), no training: every rank gets
+rank 0's decision, and rank 0's error, so the other ranks fail when rank 0 does."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+SCRIPT = textwrap.dedent(
+    """
+    from evoquality.stages.context import StageError
+    from evoquality.stages.ranks import Ranks
+
+    ranks = Ranks.from_env()
+    assert ranks.distributed and ranks.world_size == 2
+    print(f"rank {ranks.rank} decided {ranks.decide(lambda: f'id-{ranks.rank}')}", flush=True)
+    print(f"rank {ranks.rank} resolved {ranks.node_first(lambda: ranks.rank)}", flush=True)
+
+    def commit():
+        raise StageError("rank 0 could not commit")
+
+    try:
+        ranks.decide(commit)
+    except StageError as exc:
+        print(f"rank {ranks.rank} failed: {exc}", flush=True)
+        raise SystemExit(3)
+    """
+)
+DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.mark.slow
+def test_every_rank_follows_rank_0(tmp_path):
+    script = tmp_path / "ranks.py"
+    script.write_text(SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    env["PYTHONPATH"] = str(Path(__file__).parents[2])
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    proc = subprocess.run(
+        [*launcher, "--nproc-per-node", "2", str(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = set(proc.stdout.splitlines())
+    assert {"rank 0 decided id-0", "rank 1 decided id-0"} <= lines, proc.stderr[-3000:]
+    assert {"rank 0 resolved 0", "rank 1 resolved 1"} <= lines
+    assert {"rank 0 failed: rank 0 could not commit", "rank 1 failed: rank 0 could not commit"} <= (
+        lines
+    ), proc.stderr[-3000:]
+    assert proc.returncode != 0
