@@ -144,6 +144,19 @@ def validate(manifest: Annotated[Path, typer.Argument(help="EvoQualityRun manife
     )
 
 
+@app.command()
+def defaults() -> None:
+    """Print every method default with its source (paper, model card, VisualQuality-R1, ours)."""
+    import json
+
+    from evoquality.spec_sources import sourced_defaults
+
+    print("| setting | default | source |")
+    print("|---|---|---|")
+    for path, (value, source) in sourced_defaults().items():
+        print(f"| `{path}` | `{json.dumps(value)}` | {source} |")
+
+
 @app.command("make-tiny-model")
 def make_tiny_model_cmd(
     out_dir: Annotated[Path, typer.Argument(help="Where to save the model.")],

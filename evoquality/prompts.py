@@ -1,8 +1,11 @@
 """Prompt texts (pairwise comparison, single-image scoring) and parsing of the model's answers.
 
 Answers are read from the LAST ``\\boxed{...}`` or ``<answer>...</answer>`` of a completion (so any
-reasoning before it is ignored); a completion without either tag is read as a whole. Parsing never
-guesses: anything not in the explicit tables below is ``None`` (an abstention).
+reasoning before it is ignored); a completion without either tag is read as a whole, less its
+``<think>...</think>`` blocks. Scores are lenient where VisualQuality-R1 is: the FIRST number of
+the answer (``\\boxed{3.8/5}`` and ``Score: 4`` read 3.8 and 4), kept when it lies in [1, 5].
+Comparisons are strict: only the phrases of the table below count ("Image 1" is the first image,
+which a first-number rule would read as the answer 1 = the second), anything else is ``None``.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 _BOXED = "\\boxed{"
 _TEXT_WRAPPER = re.compile(r"^\\(?:text|textbf|mathrm)\{(.*)\}$", re.DOTALL)
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)")
+_THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 
 
 def comparison_prompt(reasoning: bool) -> str:
@@ -66,9 +70,10 @@ def answer_text(choice: int) -> str:
 
 
 def extract_answer(text: str) -> str | None:
-    """Content of the last ``\\boxed{}`` / ``<answer>`` tag, the whole text when there is none.
+    """Content of the last ``\\boxed{}`` / ``<answer>`` tag; without one, the text outside its
+    ``<think>`` blocks.
 
-    ``None`` when the last ``\\boxed{`` is never closed (a truncated completion).
+    ``None`` when the last ``\\boxed{`` or a ``<think>`` is never closed (a truncated completion).
     """
     boxed_at = text.rfind(_BOXED)
     tags = list(_ANSWER_TAG.finditer(text))
@@ -76,7 +81,8 @@ def extract_answer(text: str) -> str | None:
     if tag is not None and tag.start() > boxed_at:
         return tag.group(1)
     if boxed_at < 0:
-        return text
+        outside = _THINK.sub(" ", text)
+        return None if "<think>" in outside.lower() else outside
     depth, start = 1, boxed_at + len(_BOXED)
     for pos in range(start, len(text)):
         depth += {"{": 1, "}": -1}.get(text[pos], 0)
@@ -100,12 +106,12 @@ def parse_choice(text: str) -> int | None:
 
 
 def parse_score(text: str, low: float = 1.0, high: float = 5.0) -> float | None:
-    """The score in the answer when it is one number within ``[low, high]``, else ``None``."""
+    """The first number of the answer when it lies within ``[low, high]``, else ``None``."""
     answer = extract_answer(text)
     if answer is None:
         return None
-    answer = _normalise(answer)
-    if not _NUMBER.fullmatch(answer):
+    match = _NUMBER.search(answer)
+    if match is None:
         return None
-    score = float(answer)
+    score = float(match.group())
     return score if math.isfinite(score) and low <= score <= high else None

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from evoquality import artifacts  # noqa: E402
 from evoquality.spec import parse_spec  # noqa: E402
 from evoquality.storage import NotFound, Store, open_store  # noqa: E402
-from evoquality.summaries import merge_vote_metrics  # noqa: E402
+from evoquality.summaries import eval_protocols, merge_vote_metrics  # noqa: E402
 
 
 def collect(store: Store) -> dict:
@@ -148,6 +148,7 @@ def write_report(run_uri: str, out_dir: Path, endpoint_url: str | None = None) -
         "td,th{padding:4px 10px;border-bottom:1px solid #ddd}</style>"
         f"<h1>EvoQuality run {html.escape(run_uri)}</h1>"
         f"<table><tr><th>model</th>{header}</tr>{''.join(rows)}</table>"
+        f"<p>Evaluation protocol: {html.escape(eval_protocols(data['eval']))}</p>"
         + "".join(sections)
         + f"<h2>Raw data</h2><pre>{html.escape(json.dumps(data, indent=1, default=str))}</pre>"
     )

@@ -29,7 +29,7 @@ from evoquality.engines.vllm_env import vllm_python
 from evoquality.spec import EvoQualityRun, spec_to_dict
 from evoquality.stages.progress import parse_line
 from evoquality.storage import Store, open_store
-from evoquality.summaries import best_round, merge_vote_metrics, should_stop_early
+from evoquality.summaries import best_round, eval_protocols, merge_vote_metrics, should_stop_early
 from evoquality.telemetry import RunMetrics
 
 LOG_TAIL_LINES = 25
@@ -382,7 +382,10 @@ class Runner:
         )
         if len(names) == 2 and "wavg" in names:  # one benchmark: its average adds nothing
             names.remove("wavg")
-        table = Table(title=f"{self.run.metadata.name}: SRCC / PLCC per benchmark")
+        table = Table(
+            title=f"{self.run.metadata.name}: SRCC / PLCC per benchmark",
+            caption=f"evaluation: {eval_protocols(evals)}",
+        )
         table.add_column("model")
         for bench in names:
             table.add_column(bench, justify="right")

@@ -4,8 +4,11 @@ These models are the single source of truth for the run manifest: the embedded r
 stage commands validate with them, the operator validates custom resources with them, and the CRD
 schema in `crds/` is generated from them (`evoquality.crd`).
 
-Defaults follow the EvoQuality paper (arXiv 2509.25787) where it states a setting; every other
-default is marked "our choice" in its field description. YAML/JSON use camelCase.
+Every voting, ranking, training and evaluation default ends its field description with its
+source, in this precedence: ``[paper]`` (EvoQuality, arXiv 2509.25787), ``[model card]`` (its
+Hugging Face card), ``[VisualQuality-R1]`` (the fidelity-reward code EvoQuality builds on, where
+the paper is silent and the setting applies), else ``[our choice: reason]``. docs/training.md
+lists them all ("Defaults and their sources"); a test keeps the two equal. YAML/JSON use camelCase.
 """
 
 from __future__ import annotations
@@ -80,19 +83,23 @@ class ModelSpec(_Model):
         "Qwen/Qwen2.5-VL-7B-Instruct",
         min_length=1,
         description="Base VLM: a Hugging Face name, an s3:// or local model directory, or `tiny` "
-        "(a tiny random model built on first use; tests and the quickstart).",
+        "(a tiny random model built on first use; tests and the quickstart). [paper]",
     )
     revision: str | None = Field(None, description="Hub revision of the base model.")
     min_pixels: int = Field(
-        3136, gt=0, description="Smallest image area in pixels for every engine and the trainer."
+        3136,
+        gt=0,
+        description="Smallest image area in pixels for every engine and the trainer. "
+        "[VisualQuality-R1]",
     )
     max_pixels: int = Field(
         401408,
         gt=0,
-        description="Largest image area in pixels (our choice: 512 x 28 x 28); images are resized "
-        "once to this cap with both sides multiples of 28.",
+        description="Largest image area in pixels; images are resized once to this cap with both "
+        "sides multiples of 28. [our choice: 512 x 28 x 28; VisualQuality-R1's 12,845,056 makes "
+        "a training round ~16x the GPU-hours (docs/training.md, cost model)]",
     )
-    reasoning: bool = Field(True, description="Think-then-answer prompts (the paper).")
+    reasoning: bool = Field(True, description="Think-then-answer prompts. [model card]")
     engine: Literal["vllm", "transformers", "simulated"] = Field(
         "vllm", description="Inference engine for vote and eval: vllm (GPU), transformers (CPU)."
     )
@@ -119,15 +126,17 @@ class ModelSpec(_Model):
 class AugmentationSpec(_Model):
     """Synthetic distortions of each pool image, paired with each other (the paper's round 2)."""
 
-    from_round: int = Field(1, ge=0, description="First round that adds distorted variants.")
+    from_round: int = Field(
+        1, ge=0, description="First round (0-based) that adds distorted variants. [paper]"
+    )
     variants_per_image: int = Field(
-        4, ge=1, description="Distorted variants per image (our choice; the paper gives none)."
+        4, ge=1, description="Distorted variants per image. [our choice: the paper gives no number]"
     )
     pairs_per_round: int = Field(
         5000,
         ge=1,
-        description="Pairs of variants of one image per round, on top of voting.pairsPerRound "
-        "(our choice).",
+        description="Pairs of variants of one image per round, on top of voting.pairsPerRound. "
+        "[our choice: a quarter of the paper's 20,000 random pairs]",
     )
 
 
@@ -143,52 +152,81 @@ class DataSpec(_Model):
 
 
 class VotingSpec(_Model):
-    pairs_per_round: int = Field(20000, ge=1, description="Image pairs compared per round.")
+    pairs_per_round: int = Field(
+        20000, ge=1, description="Random image pairs compared per round. [paper]"
+    )
     votes_per_pair: int = Field(
         32,
         ge=1,
         description="K votes per pair, image order swapped across votes. An even K balances the "
-        "orders exactly; with an odd K the two orders differ by one vote.",
+        "orders exactly; with an odd K the two orders differ by one vote. [paper]",
     )
-    temperature: float = Field(1.0, ge=0, description="Sampling temperature (our choice).")
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling (our choice).")
+    temperature: float = Field(
+        1.0,
+        ge=0,
+        description="Sampling temperature of the votes. [our choice: the paper samples "
+        "(self-consistency) without stating one; 1.0 is the model's own distribution]",
+    )
+    top_p: float = Field(
+        1.0, gt=0, le=1, description="Nucleus sampling. [our choice: the full distribution]"
+    )
     max_new_tokens: int = Field(
-        1024, ge=1, description="Generation budget per vote (our choice; 16 without reasoning)."
+        1024,
+        ge=1,
+        description="Generation budget per vote. [our choice: room for the reasoning; 16 suffice "
+        "without it]",
     )
     sampler: Literal["random", "balanced", "same-reference", "adaptive"] = Field(
-        "random", description="Pair design: random (the paper), balanced, adaptive."
+        "random", description="Pair design: random, balanced, same-reference, adaptive. [paper]"
     )
-    shards: int = Field(1, ge=1, description="Vote shards (one pod each on Kubernetes).")
-    parallelism: int | None = Field(None, ge=1, description="Shards running at once.")
+    shards: int = Field(
+        1, ge=1, description="Vote shards (one pod each on Kubernetes). [our choice: operational]"
+    )
+    parallelism: int | None = Field(
+        None, ge=1, description="Shards running at once (null = all). [our choice: operational]"
+    )
     prefix_caching: bool = Field(
-        True, description="vLLM automatic prefix caching: the K votes share the prompt's KV."
+        True,
+        description="vLLM automatic prefix caching: the K votes share the prompt's KV. "
+        "[our choice: operational]",
     )
     batch_size: int | None = Field(
         None,
         ge=1,
         description="Pairs per engine call, both orders together; null = the whole shard in "
-        "calls bounded by memory and progress steps (our choice).",
+        "calls bounded by memory and progress steps. [our choice: operational]",
     )
-    keep_texts: bool = Field(False, description="Store the sampled answers in the votes table.")
+    keep_texts: bool = Field(
+        False,
+        description="Store the sampled answers in the votes table. [our choice: operational]",
+    )
 
 
 class RankingSpec(_Model):
     labels: Literal["hard", "soft", "bradley-terry"] = Field(
         "hard",
-        description="hard majority (the paper), soft vote fraction, or global Bradley-Terry.",
+        description="hard majority, soft vote fraction, or global Bradley-Terry. [paper]",
     )
     min_confidence: float = Field(
-        0.0, ge=0, le=1, description="Drop pairs whose vote margin |a-b|/(a+b) is below this."
+        0.0,
+        ge=0,
+        le=1,
+        description="Drop pairs whose vote margin |a-b|/(a+b) is below this. [paper: hard "
+        "majority p* in {0, 0.5, 1}, ties kept at 0.5]",
     )
     confidence_weighting: bool = Field(
         False,
         description="Weight each pair's reward by its confidence. Needs training.scaleRewards "
-        "batch or none: a per-group z-score cancels a constant factor.",
+        "batch or none: a per-group z-score cancels a constant factor. [our choice: under the "
+        "paper's group z-score a weight cancels]",
     )
 
 
 class LoraSpec(_Model):
-    enabled: bool = Field(False, description="Train LoRA adapters instead of a full fine-tune.")
+    enabled: bool = Field(
+        False,
+        description="Train LoRA adapters instead of a full fine-tune. [paper: full fine-tune]",
+    )
     r: int = Field(64, ge=1)
     alpha: int = Field(128, ge=1)
     dropout: float = Field(0.05, ge=0, lt=1)
@@ -198,39 +236,82 @@ class LoraSpec(_Model):
 
 
 class TrainingSpec(_Model):
-    num_generations: int = Field(32, ge=2, description="G sampled scores per image (the paper).")
+    num_generations: int = Field(32, ge=2, description="G sampled scores per image. [paper]")
     per_device_batch_size: int = Field(
-        64, ge=1, description="Completions per device and step (our choice; a multiple of 2G)."
+        64,
+        ge=1,
+        description="Completions per device and step, a multiple of 2G. [our choice: one pair's "
+        "2 x 32 samples per device]",
     )
-    gradient_accumulation_steps: int = Field(1, ge=1, description="Our choice.")
-    beta: float = Field(0.05, ge=0, description="KL coefficient (the paper).")
-    learning_rate: float = Field(3e-7, gt=0, description="The paper.")
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, description="[our choice: one generation batch per optimizer step]"
+    )
+    beta: float = Field(0.05, ge=0, description="KL coefficient. [paper]")
+    learning_rate: float = Field(3e-7, gt=0, description="[paper]")
     lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = Field(
-        "constant", description="Our choice."
+        "linear",
+        description="Learning-rate schedule. [VisualQuality-R1: the Trainer's linear decay]",
     )
-    warmup_ratio: float = Field(0.0, ge=0, lt=1)
-    epochs: float = Field(1.0, gt=0, description="Passes over the labelled pairs (our choice).")
-    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
-    max_completion_length: int = Field(1024, ge=1, description="Our choice.")
-    temperature: float = Field(1.0, gt=0, description="Rollout temperature (our choice).")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="[VisualQuality-R1]")
+    epochs: float = Field(
+        1.0,
+        gt=0,
+        description="Passes over the labelled pairs. [our choice: each round's pairs are new]",
+    )
+    max_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Stop after this many optimizer steps. [our choice: null = the epochs]",
+    )
+    max_completion_length: int = Field(
+        256, ge=1, description="Rollout budget in tokens. [VisualQuality-R1]"
+    )
+    temperature: float = Field(1.0, gt=0, description="Rollout temperature. [VisualQuality-R1]")
+    top_k: int = Field(
+        50,
+        ge=0,
+        description="Rollout top-k (0 = off). [VisualQuality-R1: generate's default 50]",
+    )
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = Field(
-        "grpo", description="GRPO loss (the paper uses GRPO; TRL 1.16 defaults to dapo)."
+        "grpo",
+        description="GRPO loss: per-sequence token mean, then the mean over sequences (TRL 1.16 "
+        "defaults to dapo). [VisualQuality-R1]",
     )
     scale_rewards: Literal["group", "batch", "none"] = Field(
-        "group", description="Advantage scaling: group z-score (GRPO), batch std, or none."
+        "group",
+        description="Advantage scaling: group z-score (GRPO), batch std, or none. "
+        "[VisualQuality-R1]",
     )
     format_reward_weight: float = Field(
-        0.0, ge=0, description="Weight of the format reward added to fidelity (our choice)."
+        1.0,
+        ge=0,
+        description="Weight of the format reward (1 for think-then-boxed answers) added to "
+        "fidelity. [VisualQuality-R1: equal weights]",
+    )
+    kl_bias_correction: bool = Field(
+        False,
+        description="TRL's importance-weighted KL (use_bias_correction_kl); false = the plain k3 "
+        "estimator. [VisualQuality-R1]",
     )
     deepspeed: Literal["none", "zero2", "zero3"] = Field(
-        "zero3", description="DeepSpeed ZeRO stage (VisualQuality-R1's setting)."
+        "zero3", description="DeepSpeed ZeRO stage. [VisualQuality-R1]"
     )
     lora: LoraSpec = Field(default_factory=LoraSpec)
-    nodes: int = Field(1, ge=1)
-    gpus_per_node: int = Field(8, ge=0)
-    save_steps: int = Field(50, ge=1, description="Checkpoint every N steps; a re-run resumes.")
-    gradient_checkpointing: bool = True
-    seed_offset: int = Field(0, ge=0, description="Added to spec.seed for the trainer.")
+    nodes: int = Field(1, ge=1, description="Training pods. [our choice: operational]")
+    gpus_per_node: int = Field(
+        8, ge=0, description="Ranks per training pod. [our choice: operational]"
+    )
+    save_steps: int = Field(
+        50,
+        ge=1,
+        description="Checkpoint every N steps; a re-run resumes. [our choice: operational]",
+    )
+    gradient_checkpointing: bool = Field(
+        True, description="Recompute activations in backward. [our choice: operational]"
+    )
+    seed_offset: int = Field(
+        0, ge=0, description="Added to spec.seed for the trainer. [our choice: operational]"
+    )
 
     @model_validator(mode="after")
     def _pairs_fit_batches(self) -> TrainingSpec:
@@ -253,25 +334,50 @@ class BenchmarkSpec(_Model):
 class EvaluationSpec(_Model):
     benchmarks: list[BenchmarkSpec] = Field(default_factory=list, max_length=64)
     samples_per_image: int = Field(
-        1, ge=1, description="Scores sampled per image, averaged (1 = greedy; our choice)."
+        1,
+        ge=1,
+        description="Scores sampled per image and averaged. [VisualQuality-R1: one sample]",
     )
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature when samples > 1.")
-    max_new_tokens: int = Field(1024, ge=1, description="Our choice.")
+    temperature: float = Field(
+        1.0,
+        ge=0,
+        description="Sampling temperature (0 = greedy). [VisualQuality-R1: sampled at 1.0]",
+    )
+    max_new_tokens: int = Field(
+        1024,
+        ge=1,
+        description="[our choice: VisualQuality-R1 uses 512 (vLLM) and 2048 (transformers)]",
+    )
+    max_pixels: int | None = Field(
+        None,
+        ge=784,
+        description="Largest image area at evaluation; null = model.maxPixels. [our choice: the "
+        "pixels the policy trained on; VisualQuality-R1 trains and evaluates at 12.8 MP]",
+    )
+    parse_failure: Literal["random", "exclude"] = Field(
+        "random",
+        description="An image none of whose samples parses: `random` scores it uniformly in "
+        "[1, 5] (seeded per image), `exclude` leaves it out of the correlations. "
+        "[VisualQuality-R1: random]",
+    )
     batch_size: int | None = Field(
         None,
         ge=1,
         description="Images per engine call; null = the whole benchmark in calls bounded by "
-        "memory and progress steps (our choice).",
+        "memory and progress steps. [our choice: operational]",
     )
     validation: BenchmarkSpec | None = Field(
         None,
         description="Held-out manifest for early stopping and best-checkpoint choice; never a "
-        "test benchmark.",
+        "test benchmark. [our choice: none]",
     )
     early_stopping: bool = Field(
-        False, description="Stop when the validation SRCC falls (needs validation)."
+        False,
+        description="Stop when the validation SRCC falls (needs validation). [our choice: off]",
     )
-    evaluate_base: bool = Field(True, description="Evaluate the base model once (base/eval/).")
+    evaluate_base: bool = Field(
+        True, description="Evaluate the base model once (base/eval/). [our choice: the reference]"
+    )
 
     @model_validator(mode="after")
     def _names(self) -> EvaluationSpec:
@@ -362,7 +468,7 @@ class EvoQualityRunSpec(_Model):
     seed: int = Field(0, ge=0)
     model: ModelSpec = Field(default_factory=ModelSpec)
     data: DataSpec
-    rounds: int = Field(2, ge=1, le=100, description="T self-evolution rounds (the paper: 2).")
+    rounds: int = Field(2, ge=1, le=100, description="T self-evolution rounds. [paper]")
     voting: VotingSpec = Field(default_factory=VotingSpec)
     ranking: RankingSpec = Field(default_factory=RankingSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)

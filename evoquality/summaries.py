@@ -1,7 +1,8 @@
 """Pure helpers over committed stage summaries, shared by both executors and the report.
 
 Merging vote shard metrics (pair-weighted means, sums of counts) and choosing the best round
-(validation SRCC when a validation manifest exists, else the benchmarks' weighted SRCC).
+(validation SRCC when a validation manifest exists, else the benchmarks' weighted SRCC), and
+naming the evaluation protocol behind the numbers.
 """
 
 from __future__ import annotations
@@ -57,3 +58,10 @@ def should_stop_early(evals: Mapping[int | None, Mapping[str, Any]], round_index
     earlier = {r: m for r, m in evals.items() if r is None or r < round_index}
     _, best = best_round(earlier)
     return best is not None and value < best
+
+
+def eval_protocols(evals: dict) -> str:
+    """The evaluation protocol(s) behind a run's eval summaries, e.g. for a table's caption
+    ("unknown" for summaries written before the protocol was recorded)."""
+    found = sorted({str(m.get("protocol", "unknown")) for m in evals.values()})
+    return "; ".join(found) if found else "no evaluation yet"

@@ -1,8 +1,12 @@
 """The eval stage: score every benchmark image with a checkpoint and correlate with MOS.
 
 `--round r` evaluates P_{r+1} (round r's trained checkpoint); `--round base` evaluates the base
-model once per run, under `base/eval/`. The prediction is the mean of `samplesPerImage` sampled
-scores (greedy when 1); unparseable samples are left out, an image with none gets no prediction.
+model once per run, under `base/eval/`. The protocol is the spec's (`evaluation_protocol` names it
+in every summary): the prediction is the mean of `samplesPerImage` scores sampled at
+`temperature` (0 = greedy) from images capped at `maxPixels`; unparseable samples are left out,
+and an image with none is scored uniformly in [1, 5] (`parseFailure: random`, VisualQuality-R1's
+protocol, seeded per image) or left out of the correlations (`exclude`). `<name>.parse_rate` is
+the share of samples that parsed.
 Metrics per benchmark (`<name>.srcc`, ...), their size-weighted average (`wavg.*`), and
 `validation.*` for the held-out validation manifest. A benchmark's images go to the engine in
 calls sized by `evoquality.stages.batching`; each image's samples are seeded by
@@ -20,7 +24,7 @@ from evoquality.engines import EngineImage, Sampling, derive_seed, make_engine
 from evoquality.metrics import evaluate, wavg
 from evoquality.pool import load_manifest
 from evoquality.prompts import parse_score
-from evoquality.spec import BenchmarkSpec
+from evoquality.spec import BenchmarkSpec, EvoQualityRunSpec
 from evoquality.stages.batching import batches, call_memory_bytes, units_per_call
 from evoquality.stages.context import StageContext, StageError, check_unreadable
 from evoquality.stages.progress import progress
@@ -28,19 +32,32 @@ from evoquality.stages.progress import progress
 VALIDATION = "validation"
 
 
+def eval_max_pixels(spec: EvoQualityRunSpec) -> int:
+    """The pixel cap of evaluation images: ``evaluation.maxPixels``, else the model's."""
+    return spec.evaluation.max_pixels or spec.model.max_pixels
+
+
+def evaluation_protocol(spec: EvoQualityRunSpec) -> str:
+    """How the numbers were produced, in words (summaries, the final table, the report)."""
+    e = spec.evaluation
+    sampling = "greedy" if e.temperature == 0 else f"T={e.temperature:g}"
+    samples = f"{e.samples_per_image} sample{'s' if e.samples_per_image > 1 else ''}"
+    failure = "random score" if e.parse_failure == "random" else "excluded"
+    return f"{samples} ({sampling}), <= {eval_max_pixels(spec):,} px, unparseable: {failure}"
+
+
 def score_benchmark(
     ctx: StageContext, engine, bench: BenchmarkSpec, label: str
 ) -> tuple[pa.Table, dict]:
     evaluation = ctx.spec.evaluation
+    max_pixels = eval_max_pixels(ctx.spec)
     manifest = load_manifest(bench.manifest, ctx.cache, bench.max_images)
     if manifest.mos is None:
         raise StageError(f"benchmark {bench.name}: {manifest.uri} has no `mos` column")
     if engine.needs_pixels:
         raw, failures = load_images(manifest.images)
         pictures = [
-            None
-            if img is None
-            else prepare_image(img, ctx.spec.model.min_pixels, ctx.spec.model.max_pixels)
+            None if img is None else prepare_image(img, ctx.spec.model.min_pixels, max_pixels)
             for img in raw
         ]
     else:
@@ -48,7 +65,7 @@ def score_benchmark(
     check_unreadable(failures, len(manifest))
     n = evaluation.samples_per_image
     sampling = Sampling(
-        temperature=evaluation.temperature if n > 1 else 0.0,
+        temperature=evaluation.temperature,
         top_p=1.0,
         max_new_tokens=evaluation.max_new_tokens,
         seed=ctx.spec.seed,
@@ -56,7 +73,8 @@ def score_benchmark(
     usable = [i for i, pic in enumerate(pictures) if pic is not None or not engine.needs_pixels]
     preds = np.full(len(manifest), np.nan)
     valid = np.zeros(len(manifest), dtype=np.int32)
-    pixels = ctx.spec.model.max_pixels if engine.needs_pixels else 0
+    fallback = np.zeros(len(manifest), dtype=bool)
+    pixels = max_pixels if engine.needs_pixels else 0
     size = units_per_call(len(usable), pixels, evaluation.batch_size, call_memory_bytes())
     with progress(f"eval {label} {bench.name}", len(usable)) as bar:
         for part in batches(len(usable), size):
@@ -68,12 +86,27 @@ def score_benchmark(
                 valid[i] = len(scores)
                 if scores:
                     preds[i] = float(np.mean(scores))
+                elif evaluation.parse_failure == "random":
+                    rng = np.random.default_rng(
+                        derive_seed(
+                            ctx.spec.seed, "eval-fallback", label, bench.name, manifest.ids[i]
+                        )
+                    )
+                    preds[i], fallback[i] = rng.uniform(1.0, 5.0), True
             bar.advance(len(idx))
     table = pa.table(
-        {"image": manifest.ids, "mos": manifest.mos, "pred": preds, "valid_samples": valid}
+        {
+            "image": manifest.ids,
+            "mos": manifest.mos,
+            "pred": preds,
+            "valid_samples": valid,
+            "random_fallback": fallback,
+        }
     )
     result = evaluate(preds, manifest.mos)
     result["unreadable"] = len(failures)
+    result["parse_rate"] = float(valid[usable].sum() / max(1, len(usable) * n))
+    result["random_fallback"] = int(fallback.sum())
     return table, result
 
 
@@ -88,7 +121,8 @@ def run(ctx: StageContext) -> dict:
     model_round = None if round_index is None else round_index + 1
     simulated = ctx.spec.model.engine == "simulated"
     model_path = "" if simulated else ctx.policy_model(model_round)
-    engine = make_engine(ctx.spec.model, model_path, seed=ctx.spec.seed)
+    model_spec = ctx.spec.model.model_copy(update={"max_pixels": eval_max_pixels(ctx.spec)})
+    engine = make_engine(model_spec, model_path, seed=ctx.spec.seed)
     label = "base" if round_index is None else f"r{round_index}"
     attempt = artifacts.StageAttempt(ctx.store, "eval", round_index)
     results: dict[str, dict[str, float]] = {}
@@ -98,8 +132,10 @@ def run(ctx: StageContext) -> dict:
         results[name] = result
     engine.close()
     metrics: dict[str, float | int | str | None] = dict(engine.summary_metrics())
+    metrics["protocol"] = evaluation_protocol(ctx.spec)
     for name, result in results.items():
-        for key in ("srcc", "plcc", "krcc", "plcc_logistic", "n", "n_missing", "unreadable"):
+        keys = ("srcc", "plcc", "krcc", "plcc_logistic", "n", "n_missing", "unreadable")
+        for key in (*keys, "parse_rate", "random_fallback"):
             if key in result:
                 metrics[f"{name}.{key}"] = _clean(result[key])
     tests = {k: v for k, v in results.items() if k != VALIDATION}

@@ -179,8 +179,12 @@ def grpo_settings(spec: EvoQualityRunSpec, cuda: bool) -> dict[str, Any]:
         "max_completion_length": t.max_completion_length,
         "temperature": t.temperature,
         "top_p": 1.0,
-        "top_k": 0,
+        "top_k": t.top_k,
         "repetition_penalty": 1.0,
+        "use_bias_correction_kl": t.kl_bias_correction,
+        "epsilon": 0.2,  # VisualQuality-R1's clip range, both sides
+        "epsilon_high": 0.2,
+        "importance_sampling_level": "token",
         "shuffle_dataset": False,  # PairRepeatSampler shuffles whole pairs itself
         "remove_unused_columns": False,
         "gradient_checkpointing": t.gradient_checkpointing,

@@ -32,6 +32,7 @@ def tiny_spec(model_dir, manifest, storage, **overrides):
             "maxSteps": 2,
             "maxCompletionLength": 12,
             "learningRate": 1e-3,
+            "lrScheduler": "constant",
             "deepspeed": "none",
             "saveSteps": 1,
             "gradientCheckpointing": False,

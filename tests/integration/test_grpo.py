@@ -30,6 +30,8 @@ def make_spec(**training):
         "saveSteps": 1,
         "beta": 0.05,
         "learningRate": 1e-3,
+        "lrScheduler": "constant",  # pinned: a decay over 2 steps leaves almost no learning rate
+        "formatRewardWeight": 0.0,  # the fidelity reward alone, in [0, 1]
         "scaleRewards": "batch",
         "deepspeed": "none",
         "gradientCheckpointing": False,

@@ -36,6 +36,7 @@ from evoquality.prompts import (
         ("Second", CHOICE_SECOND),
         ("<think>Image 2 is blurry, so \\boxed{0} at first sight...</think> \\boxed{1}", 1),
         ("<think>maybe 1</think><answer>0</answer>", CHOICE_FIRST),
+        ("<think>The second one is noisy.</think>The first image", CHOICE_FIRST),  # no tag
         ("\\boxed{1} ... on reflection <answer>0</answer>", CHOICE_FIRST),
         ("<answer>1</answer> final: \\boxed{0}", CHOICE_FIRST),
     ],
@@ -72,6 +73,11 @@ def test_ambiguous_or_unparseable_choices_abstain(text):
         ("\\boxed{5}", 5.0),
         ("3.7", 3.7),
         ("\\boxed{\\text{3.20}}", 3.2),
+        # lenient as VisualQuality-R1: the first number of the answer block
+        ("\\boxed{3.8/5}", 3.8),
+        ("Score: 4", 4.0),
+        ("<think>1 is poor, 5 is great</think>I rate it 3.5 out of 5", 3.5),
+        ("<answer>about 2.25, since noisy</answer>", 2.25),
     ],
 )
 def test_parse_score(text, expected):
@@ -80,7 +86,17 @@ def test_parse_score(text, expected):
 
 @pytest.mark.parametrize(
     "text",
-    ["\\boxed{5.01}", "\\boxed{0.99}", "\\boxed{nan}", "\\boxed{3.2/5}", "\\boxed{good}", "", "x"],
+    [
+        "\\boxed{5.01}",
+        "\\boxed{0.99}",
+        "\\boxed{nan}",
+        "\\boxed{6/10}",  # the first number is out of range: no rescaling
+        "\\boxed{good}",
+        "<think>it is a 4</think>",  # a number only inside the reasoning
+        "<think>truncated 4",
+        "",
+        "x",
+    ],
 )
 def test_unusable_scores_are_none(text):
     assert parse_score(text) is None
