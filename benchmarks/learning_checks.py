@@ -14,8 +14,9 @@ Checks (the code the tests run, from `evoquality.experiments`):
   ``shuffled`` (p* permuted across pairs).
 
 Every run is appended as one JSON line to ``<out>/<check>.jsonl`` (a rerun skips the runs already
-there); the table printed at the end gives, per variant and thread count, the mean, standard
-deviation, minimum and mean - 4 sd of each check statistic.
+there; a new weak base starts a new file, the old one is kept as ``<check>-weak-v<N>.jsonl``);
+the table printed at the end gives, per variant and thread count, the mean, standard deviation,
+minimum and mean - 4 sd of each check statistic.
 """
 
 from __future__ import annotations
@@ -54,10 +55,12 @@ def run_grey(seed: int, variant: str, work: Path, cache: Path) -> dict:
 
 def run_short_oracle(seed: int, variant: str, work: Path, cache: Path) -> dict:
     from evoquality.experiments import self_evolution as se
+    from evoquality.models import committed_weak_base
 
     result = se.short_oracle_check(seed, work, cache, labels=variant)
     base, after = result["base"], result["after"]
     return {
+        "weak_base": committed_weak_base().name,
         "base_srcc1": base["srcc1"],
         "base_srcc": base["srcc"],
         "after_srcc1": after["srcc1"],

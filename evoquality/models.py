@@ -45,9 +45,11 @@ def _lock(path: Path):
 
 
 def _resolve_tiny(cache_dir: Path, seed: int = 0) -> str:
+    from evoquality.prompts import prompts_fingerprint
     from evoquality.tiny_model import MARKER_FILE, TINY_VERSION, build_tiny_model_atomic
 
-    target = cache_dir / f"{TINY}-v{TINY_VERSION}"  # a new architecture never reuses an old build
+    # A new architecture or new prompts (its tokenizer and warm-up learn them) never reuse a build.
+    target = cache_dir / f"{TINY}-v{TINY_VERSION}-{prompts_fingerprint()[:8]}"
     if (target / MARKER_FILE).exists():
         return str(target)
     with _lock(cache_dir / f"{TINY}.lock"):
@@ -122,8 +124,8 @@ def resolve_model(
 ) -> str:
     """A name that `from_pretrained` (and vLLM) can load.
 
-    * ``tiny``: the tiny model, built once into ``cache_dir/tiny-v<version>`` (file lock + atomic
-      rename);
+    * ``tiny``: the tiny model, built once into ``cache_dir/tiny-v<version>-<prompts>`` (file
+      lock + atomic rename);
     * ``tiny-weak``: the tiny model with weak pretrained perception: the committed build of
       `evoquality.pretrain`'s recipe in ``evoquality/assets/tiny-weak-v<recipe version>`` (a
       CPU build is not bit-identical across machines, so the experiment never rebuilds it);

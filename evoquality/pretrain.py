@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from evoquality.determinism import pinned_cpu
+from evoquality.prompts import prompts_fingerprint
 from evoquality.tiny_model import answer_step, build_atomic
 
 WEAK_MARKER_FILE = "evoquality_weak.json"
@@ -279,6 +280,7 @@ def pretrain_weak_base(
         shutil.copy(tiny / MARKER_FILE, out_dir / MARKER_FILE)
     marker = {
         "evoquality_weak": WEAK_VERSION,
+        "prompts": prompts_fingerprint(),
         **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()},
         "training_images": len(images),
         "target_srcc_vs_mos": _srcc(targets, mos),

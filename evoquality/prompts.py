@@ -62,6 +62,14 @@ def scoring_prompt(reasoning: bool) -> str:
     )
 
 
+def prompts_fingerprint() -> str:
+    """A short hash of every prompt text: what a model trained on these prompts records."""
+    import hashlib
+
+    texts = [f(r) for f in (comparison_prompt, scoring_prompt) for r in (False, True)]
+    return hashlib.sha256("\x1f".join(texts).encode()).hexdigest()[:16]
+
+
 def answer_text(choice: int) -> str:
     """The answer a well-behaved judge emits for ``choice`` (used by the simulated engine)."""
     if choice not in (CHOICE_FIRST, CHOICE_SECOND):

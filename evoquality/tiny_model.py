@@ -335,6 +335,8 @@ def make_tiny_model(
         Qwen2VLVideoProcessor,
     )
 
+    from evoquality.prompts import prompts_fingerprint
+
     if hidden_size % TEXT_HEAD_DIM:
         raise ValueError(f"hidden_size must be a multiple of the head size {TEXT_HEAD_DIM}")
     out_dir = Path(out_dir)
@@ -385,6 +387,7 @@ def make_tiny_model(
     n_params = sum(p.numel() for p in model.parameters())
     marker = {
         "evoquality_tiny": TINY_VERSION,
+        "prompts": prompts_fingerprint(),
         "seed": seed,
         "image_size": image_size,
         "vocab_size": vocab_size,

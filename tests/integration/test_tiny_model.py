@@ -18,6 +18,7 @@ from evoquality.models import (
     load_processor,
     resolve_model,
 )
+from evoquality.prompts import prompts_fingerprint
 from evoquality.tiny_model import MARKER_FILE, TINY_VERSION, make_tiny_model
 
 
@@ -110,8 +111,9 @@ def test_resolve_model_sources(tiny_model_dir, tmp_path, monkeypatch):
     # an existing local directory is used as is
     assert resolve_model(str(tiny_model_dir), cache) == str(tiny_model_dir)
     # "tiny": a finished build in the cache is reused (no rebuild)
-    shutil.copytree(tiny_model_dir, cache / f"tiny-v{TINY_VERSION}")
-    assert resolve_model("tiny", cache) == str(cache / f"tiny-v{TINY_VERSION}")
+    cached = cache / f"tiny-v{TINY_VERSION}-{prompts_fingerprint()[:8]}"
+    shutil.copytree(tiny_model_dir, cached)
+    assert resolve_model("tiny", cache) == str(cached)
     # "tiny-weak": the committed build, never rebuilt
     assert resolve_model("tiny-weak", cache) == str(committed_weak_base())
     assert not list(cache.glob("tiny-weak*"))
