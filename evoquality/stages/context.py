@@ -198,7 +198,11 @@ def emit_summary(summary: dict[str, Any]) -> str:
     """Print the summary line last on stdout and to the termination log; return the line."""
     line = json.dumps(scalar_summary(summary), separators=(",", ":"))
     sys.stdout.flush()
-    print(line, flush=True)
+    # one write(2) with its newline: the ranks of a train stage share one stdout pipe, and print()
+    # writes the text and the newline separately when stdout is unbuffered (PYTHONUNBUFFERED),
+    # so two ranks' lines could interleave
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
     if TERMINATION_LOG.exists():
         with contextlib.suppress(OSError):
             TERMINATION_LOG.write_text(line)

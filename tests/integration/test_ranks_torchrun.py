@@ -13,13 +13,22 @@ import pytest
 
 SCRIPT = textwrap.dedent(
     """
+    import os
+
     from evoquality.stages.context import StageError
     from evoquality.stages.ranks import Ranks
 
+
+    def say(line):
+        # one write(2) per line: the ranks share torchrun's stdout pipe, and print() may write the
+        # text and its newline separately (PYTHONUNBUFFERED), interleaving the ranks' lines
+        os.write(1, (line + "\\n").encode())
+
+
     ranks = Ranks.from_env()
     assert ranks.distributed and ranks.world_size == 2
-    print(f"rank {ranks.rank} decided {ranks.decide(lambda: f'id-{ranks.rank}')}", flush=True)
-    print(f"rank {ranks.rank} resolved {ranks.node_first(lambda: ranks.rank)}", flush=True)
+    say(f"rank {ranks.rank} decided {ranks.decide(lambda: f'id-{ranks.rank}')}")
+    say(f"rank {ranks.rank} resolved {ranks.node_first(lambda: ranks.rank)}")
 
     def commit():
         raise StageError("rank 0 could not commit")
@@ -27,7 +36,7 @@ SCRIPT = textwrap.dedent(
     try:
         ranks.decide(commit)
     except StageError as exc:
-        print(f"rank {ranks.rank} failed: {exc}", flush=True)
+        say(f"rank {ranks.rank} failed: {exc}")
         raise SystemExit(3)
     """
 )
