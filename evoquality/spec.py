@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -428,6 +430,27 @@ class EnvVar(_Model):
         return self
 
 
+QUANTITY = r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+|[numkMGTPE]|[KMGTPE]i)?$"
+_QUANTITY_FACTORS = {
+    **{s: Decimal(1024) ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+    **{
+        s: Decimal(10) ** e
+        for s, e in zip("numkMGTPE", (-9, -6, -3, 3, 6, 9, 12, 15, 18), strict=True)
+    },
+}
+
+
+def quantity(value: str) -> Decimal:
+    """A Kubernetes resource quantity (``500m``, ``16Gi``, ``1e3``) as a number."""
+    text = str(value).strip()
+    if not re.fullmatch(QUANTITY, text):
+        raise ValueError(f"not a Kubernetes quantity: {value!r}")
+    for suffix in sorted(_QUANTITY_FACTORS, key=len, reverse=True):
+        if text.endswith(suffix):
+            return Decimal(text[: -len(suffix)]) * _QUANTITY_FACTORS[suffix]
+    return Decimal(text)
+
+
 class PodSpec(_Model):
     """Pod settings of one stage's Jobs (Kubernetes executor only)."""
 
@@ -447,6 +470,38 @@ class PodSpec(_Model):
     )
     active_deadline_seconds: int | None = Field(None, ge=1)
     shm_size: str = Field("16Gi", description="Memory emptyDir at /dev/shm (NCCL, vLLM TP).")
+    scratch_size: str = Field(
+        "50Gi",
+        pattern=QUANTITY,
+        description="Sized emptyDir at EVOQUALITY_CACHE (training scratch, downloaded checkpoints "
+        "and images) and the pod's ephemeral-storage request.",
+    )
+    runtime_class_name: str | None = Field(
+        None, description="RuntimeClass, e.g. `nvidia` on k3s/RKE2."
+    )
+    scheduler_name: str | None = Field(None, description="A scheduler other than the default.")
+    extra_volumes: list[dict[str, Any]] = Field(
+        default_factory=list, max_length=16, description="Pod volumes added as given."
+    )
+    extra_volume_mounts: list[dict[str, Any]] = Field(
+        default_factory=list, max_length=16, description="Container mounts added as given."
+    )
+    add_capabilities: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Capabilities added after dropping ALL (e.g. IPC_LOCK for InfiniBand: no "
+        "longer PodSecurity `restricted`).",
+    )
+
+    @model_validator(mode="after")
+    def _requests_within_limits(self) -> PodSpec:
+        requests, limits = self.resources.get("requests", {}), self.resources.get("limits", {})
+        for name, request in requests.items():
+            if name in limits and quantity(request) > quantity(limits[name]):
+                raise ValueError(
+                    f"resources.requests.{name} ({request}) is above its limit ({limits[name]})"
+                )
+        return self
 
 
 class PodsSpec(_Model):

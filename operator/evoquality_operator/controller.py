@@ -40,6 +40,7 @@ from .reconcile import (
     StageRetried,
     parse_time,
     reconcile,
+    set_condition,
 )
 
 log = logging.getLogger("evoquality_operator")
@@ -175,6 +176,18 @@ class Operator:
         if isinstance(spec, EvoQualityRunSpec):
             ctx = jobs_module.RunContext(
                 namespace, name, meta.get("uid", ""), spec, self.config.images
+            )
+            warnings = jobs_module.resource_warnings(ctx)
+            set_condition(
+                new_status,
+                "ResourcesWarning",
+                bool(warnings),
+                "GpuPodWithoutRequests" if warnings else "RequestsSet",
+                "; ".join(warnings) + " (set pods.<stage>.resources.requests or the chart's "
+                "stageDefaults)"
+                if warnings
+                else "every GPU pod requests cpu and memory",
+                now,
             )
             for action in outcome.actions:
                 try:

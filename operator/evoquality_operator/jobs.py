@@ -22,6 +22,16 @@ MODEL_CACHE = "/models"
 TERMINATION_LOG = "/dev/termination-log"
 RENDEZVOUS_PORT = 29500
 GPU = "nvidia.com/gpu"
+EPHEMERAL_STORAGE = "ephemeral-storage"
+SCRATCH = "/scratch"  # EVOQUALITY_CACHE: training scratch, downloaded checkpoints and images
+STAGE_UID = 10001  # the images' user (images/*/Dockerfile)
+# PodSecurity `restricted` (https://kubernetes.io/docs/concepts/security/pod-security-standards/)
+CONTAINER_SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "privileged": False,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+}
 DEFAULT_IMAGES = {
     "voter": "evoquality/voter:dev",
     "trainer": "evoquality/trainer:dev",
@@ -136,14 +146,15 @@ def _pod_settings(spec: EvoQualityRunSpec, stage: str) -> PodSpec:
 def _resources(
     spec: EvoQualityRunSpec, stage: str, pod: PodSpec, defaults: Images
 ) -> dict[str, dict[str, str]]:
-    """The run's own resources, else the operator's stage defaults; GPUs follow the spec."""
-    own = {kind: dict(values) for kind, values in pod.resources.items()}
-    if own:
-        resources = own
-    else:
-        resources = defaults.resources_for(stage)
-        for values in resources.values():
-            values.pop(GPU, None)  # the spec decides the GPU count
+    """The operator's stage defaults merged per key with the run's own resources (the run wins
+    key by key); the scratch volume's size as the ephemeral-storage request; GPUs follow the spec
+    unless the run names them."""
+    resources = defaults.resources_for(stage)
+    for values in resources.values():
+        values.pop(GPU, None)  # the spec decides the GPU count
+    for kind, values in pod.resources.items():
+        resources.setdefault(kind, {}).update(values)
+    resources.setdefault("requests", {}).setdefault(EPHEMERAL_STORAGE, pod.scratch_size)
     gpus = 0
     if stage == "train":
         gpus = spec.training.gpus_per_node
@@ -156,10 +167,33 @@ def _resources(
     return resources
 
 
+def resource_warnings(ctx: RunContext) -> list[str]:
+    """Stages whose GPU pods would have no cpu or memory request (BestEffort QoS for both: the
+    first evicted under node pressure), after merging the chart's stage defaults."""
+    found = []
+    for stage in ("vote", "train", "eval"):
+        resources = _resources(ctx.spec, stage, _pod_settings(ctx.spec, stage), ctx.images)
+        if GPU not in resources.get("limits", {}):
+            continue
+        missing = [r for r in ("cpu", "memory") if r not in resources.get("requests", {})]
+        if missing:
+            found.append(f"pods.{stage}: a GPU pod without {' or '.join(missing)} requests")
+    return found
+
+
+def _container_security(pod: PodSpec) -> dict[str, Any]:
+    """PodSecurity `restricted`, unless the run adds capabilities (InfiniBand's IPC_LOCK)."""
+    security = {**CONTAINER_SECURITY, "capabilities": {"drop": ["ALL"]}}
+    if pod.add_capabilities:
+        security["capabilities"]["add"] = list(pod.add_capabilities)
+    return security
+
+
 def _env(ctx: RunContext, pod: PodSpec, job_name: str) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "EVOQUALITY_ATTEMPT_ID", "value": job_name},
         {"name": "HF_HOME", "value": MODEL_CACHE},
+        {"name": "EVOQUALITY_CACHE", "value": SCRATCH},
         # where the stage writes its summary: the container's terminationMessagePath
         {"name": "EVOQUALITY_TERMINATION_LOG", "value": TERMINATION_LOG},
     ]
@@ -268,7 +302,8 @@ def stage_job(ctx: RunContext, key: StageKey, attempt: int, suspend: bool) -> di
     command, args = _command(ctx, key)
     env = _env(ctx, pod, name) + _launcher_env(ctx, key, name)
     multi_node = key.stage == "train" and spec.training.nodes > 1
-    env_from = [{"secretRef": {"name": s}} for s in pod.env_from_secrets]
+    # secrets loaded whole are optional (e.g. hf-token: public models need none)
+    env_from = [{"secretRef": {"name": s, "optional": True}} for s in pod.env_from_secrets]
     if spec.storage.secret_name:
         env_from.insert(0, {"secretRef": {"name": spec.storage.secret_name}})
     container: dict[str, Any] = {
@@ -281,9 +316,12 @@ def stage_job(ctx: RunContext, key: StageKey, attempt: int, suspend: bool) -> di
             {"name": "spec", "mountPath": SPEC_MOUNT, "readOnly": True},
             {"name": "dshm", "mountPath": "/dev/shm"},
             {"name": "model-cache", "mountPath": MODEL_CACHE},
+            {"name": "scratch", "mountPath": SCRATCH},
+            *pod.extra_volume_mounts,
         ],
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": _container_security(pod),
     }
     if env_from:
         container["envFrom"] = env_from
@@ -304,8 +342,23 @@ def stage_job(ctx: RunContext, key: StageKey, attempt: int, suspend: bool) -> di
             {"name": "spec", "configMap": {"name": naming.spec_configmap_name(ctx.name)}},
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": pod.shm_size}},
             {"name": "model-cache", **cache},
+            {"name": "scratch", "emptyDir": {"sizeLimit": pod.scratch_size}},
+            *pod.extra_volumes,
         ],
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": STAGE_UID,
+            "runAsGroup": STAGE_UID,
+            "fsGroup": STAGE_UID,  # the non-root user can write a root-owned PVC
+            "fsGroupChangePolicy": "OnRootMismatch",
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "automountServiceAccountToken": pod.service_account_name is not None,
     }
+    if pod.runtime_class_name:
+        pod_spec["runtimeClassName"] = pod.runtime_class_name
+    if pod.scheduler_name:
+        pod_spec["schedulerName"] = pod.scheduler_name
     if pod.node_selector:
         pod_spec["nodeSelector"] = dict(pod.node_selector)
     if pod.tolerations:

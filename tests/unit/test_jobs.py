@@ -10,7 +10,7 @@ import pytest
 from evoquality_operator import jobs
 from evoquality_operator.reconcile import StageKey
 
-from evoquality.spec import load_run, parse_spec
+from evoquality.spec import SpecError, load_run, parse_spec
 
 
 def ctx(**spec):
@@ -88,7 +88,7 @@ def test_stage_images_and_commands():
         "--round",
         "1",
     ]
-    assert "resources" not in container(rank)
+    assert container(rank)["resources"] == {"requests": {"ephemeral-storage": "50Gi"}}  # scratch
     base = jobs.stage_job(c, StageKey(None, "eval"), 0, suspend=False)
     assert base["metadata"]["name"] == "demo-base-eval"
     assert "--round" in container(base)["args"] and "base" in container(base)["args"]
@@ -310,10 +310,11 @@ def test_flags(monkeypatch):
     assert config.all_namespaces and config.namespaces == ()
 
 
-def test_stage_defaults_from_the_chart_apply_when_the_run_sets_none():
+def test_a_runs_resources_merge_per_key_over_the_charts_stage_defaults():
     defaults = {
         "rank": {"resources": {"requests": {"cpu": "2", "memory": "8Gi"}}},
         "train": {"resources": {"limits": {"memory": "1Ti", "nvidia.com/gpu": "2"}}},
+        "eval": {"resources": {"requests": {"cpu": "4", "memory": "32Gi"}, "limits": {"cpu": "8"}}},
     }
     images = jobs.Images.from_env({jobs.STAGE_DEFAULTS_ENV: json.dumps(defaults)})
     spec = parse_spec(
@@ -326,11 +327,20 @@ def test_stage_defaults_from_the_chart_apply_when_the_run_sets_none():
     )
     c = jobs.RunContext("ml", "demo", "uid-1", spec, images)
     rank = container(jobs.stage_job(c, StageKey(0, "rank"), 0, suspend=False))
-    assert rank["resources"] == {"requests": {"cpu": "2", "memory": "8Gi"}}
+    assert rank["resources"] == {
+        "requests": {"cpu": "2", "memory": "8Gi", "ephemeral-storage": "50Gi"}
+    }
     train = container(jobs.stage_job(c, StageKey(0, "train"), 0, suspend=False))
     assert train["resources"]["limits"] == {"memory": "1Ti", "nvidia.com/gpu": "4"}  # spec's GPUs
     evaluation = container(jobs.stage_job(c, StageKey(0, "eval"), 0, suspend=False))
-    assert evaluation["resources"]["limits"]["cpu"] == "3"  # the run's own settings win
+    # the run's limit wins key by key; the chart's requests stay (no BestEffort GPU pod)
+    assert evaluation["resources"]["limits"] == {"cpu": "3", "nvidia.com/gpu": "1"}
+    assert evaluation["resources"]["requests"] == {
+        "cpu": "4",
+        "memory": "32Gi",
+        "ephemeral-storage": "50Gi",
+        "nvidia.com/gpu": "1",
+    }
 
 
 # --- failure policy per stage (docs/operator.md, "Failure policy") ---------------------------
@@ -384,3 +394,29 @@ def test_stage_jobs_are_valid_kubernetes_objects(stage, training):
 
     job = jobs.stage_job(ctx(training=training), StageKey(0, stage), 0, suspend=False)
     kubernetes_validate.validate(job, "1.33.0", strict=True)  # backoffLimitPerIndex: GA in 1.33
+
+
+def test_gpu_pods_without_cpu_or_memory_requests_are_warned_about():
+    bare = ctx()  # no chart defaults: every GPU pod would be BestEffort for cpu and memory
+    assert jobs.resource_warnings(bare) == [
+        "pods.vote: a GPU pod without cpu or memory requests",
+        "pods.train: a GPU pod without cpu or memory requests",
+        "pods.eval: a GPU pod without cpu or memory requests",
+    ]
+    requests = {"requests": {"cpu": "8", "memory": "64Gi"}}
+    spec = {stage: {"resources": requests} for stage in ("vote", "train", "eval")}
+    assert jobs.resource_warnings(ctx(pods=spec)) == []
+    rank_only = ctx(model={"engine": "transformers"}, training={"gpusPerNode": 0})
+    assert jobs.resource_warnings(rank_only) == []  # no GPU pod at all
+
+
+def test_a_request_above_its_limit_is_refused():
+    with pytest.raises(SpecError, match=r"requests.memory \(64Gi\) is above its limit \(32Gi\)"):
+        ctx(
+            pods={
+                "eval": {
+                    "resources": {"requests": {"memory": "64Gi"}, "limits": {"memory": "32Gi"}}
+                }
+            }
+        )
+    ctx(pods={"eval": {"resources": {"requests": {"cpu": "500m"}, "limits": {"cpu": "1"}}}})
