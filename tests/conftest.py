@@ -10,6 +10,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 pytest_plugins = [
     "tests.plugins.s3server",
     "tests.plugins.tiny_model",
+    "tests.plugins.rbac_record",  # before kmock_cluster, which reports to it
     "tests.plugins.kmock_cluster",
     "tests.plugins.job_executor",
     "tests.plugins.helm",

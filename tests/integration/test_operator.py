@@ -231,7 +231,7 @@ def test_two_round_run_succeeds_with_status_children_and_metrics(cluster: Cluste
     assert env["AWS_ENDPOINT_URL_S3"] == "http://minio:9000"
     assert container["envFrom"] == [
         {"secretRef": {"name": "s3-creds"}},
-        {"secretRef": {"name": "hf-token"}},
+        {"secretRef": {"name": "hf-token", "optional": True}},  # loaded whole: optional
     ]
     assert jobs["demo-base-eval"]["metadata"]["labels"]["evoquality.io/round"] == "base"
     configmaps = cluster.api.list("v1", "ConfigMap", NS, "evoquality.io/run=demo")

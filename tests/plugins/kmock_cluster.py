@@ -47,6 +47,7 @@ from kmock import action as kaction
 from kopf.testing import KopfRunner
 
 from evoquality.crd import build_crd
+from tests.plugins import rbac_record
 
 # plural path -> (kind, namespaced)
 RESOURCES: dict[str, tuple[str, bool]] = {
@@ -169,6 +170,13 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             del self._requests[:-REQUEST_LOG]
         data = request.data
         resource = request.resource
+        if resource is not None and resource.plural:  # discovery (no plural) needs no rule
+            sub = f"/{request.subresource}" if request.subresource else ""
+            agent = request.headers.get("User-Agent", "")
+            action = request.action.name if request.action is not None else None
+            rbac_record.record(
+                agent, request.method, action, resource.group or "", f"{resource.plural}{sub}"
+            )
         if resource is not None and request.action == kaction.CREATE and isinstance(data, dict):
             kind, namespaced = self._info(resource)
             meta = data.setdefault("metadata", {})
@@ -317,7 +325,9 @@ class ClusterHandle:
     def api(self) -> Api:
         """A client over real HTTP with the kubeconfig (KUBECONFIG must point at it)."""
         if self._api is None:
-            self._api = Api(make_api_client())
+            client = make_api_client()
+            client.user_agent = rbac_record.TEST_USER_AGENT  # not the operator's calls
+            self._api = Api(client)
         return self._api
 
     def created(self, plural: str) -> list[str]:
