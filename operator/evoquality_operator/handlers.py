@@ -56,6 +56,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_:
     settings.peering.standalone = True
     settings.posting.level = logging.WARNING  # Events only for warnings and errors
     settings.persistence.finalizer = FINALIZER
+    # server-side filtering: the API server sends only the operator's own Jobs
+    settings.watching.label_selectors["batch", "jobs"] = (
+        f"{naming.MANAGED_BY_LABEL}={naming.MANAGED_BY}"
+    )
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=API_GROUP, key="last-handled-configuration"

@@ -203,6 +203,11 @@ def test_two_round_run_succeeds_with_status_children_and_metrics(cluster: Cluste
     uid = run["metadata"]["uid"]
     assert sorted(cluster.created("jobs")) == sorted(FULL_PLAN)
     assert cluster.conflicts() == []
+    # the Job watch is filtered by the API server, not in the operator
+    job_reads = cluster.operator_reads("jobs")
+    managed = "app.kubernetes.io/managed-by=evoquality-operator"
+    assert job_reads and all(managed in p.get("labelSelector", "") for p in job_reads), job_reads
+    assert any(p.get("watch") == "true" for p in job_reads)
     jobs = {j["metadata"]["name"]: j for j in cluster.api.list("batch/v1", "Job", NS, MANAGED)}
     for job in jobs.values():
         assert job["metadata"]["ownerReferences"][0]["uid"] == uid

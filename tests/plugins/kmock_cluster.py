@@ -152,6 +152,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     created: list[tuple[str, str | None, str]] = attrs.field(factory=list, init=False)
     conflicts: list[tuple[str, str | None, str]] = attrs.field(factory=list, init=False)
     created_at: list[tuple[str, str | None, str, float]] = attrs.field(factory=list, init=False)
+    # (resource plural, query parameters) of every list and watch request the operator made
+    operator_reads: list[tuple[str, dict[str, str]]] = attrs.field(factory=list, init=False)
     # called (on the emulator's loop) after every successful write: the test's controllers wake
     listeners: list[Callable[[], None]] = attrs.field(factory=list, init=False)
 
@@ -174,6 +176,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             sub = f"/{request.subresource}" if request.subresource else ""
             agent = request.headers.get("User-Agent", "")
             action = request.action.name if request.action is not None else None
+            if action in ("LIST", "WATCH") and agent.startswith(rbac_record.OPERATOR_AGENTS):
+                self.operator_reads.append((str(resource.plural), dict(request.params or {})))
             rbac_record.record(
                 agent, request.method, action, resource.group or "", f"{resource.plural}{sub}"
             )
@@ -346,6 +350,11 @@ class ClusterHandle:
     def conflicts(self) -> list[tuple[str, str | None, str]]:
         assert self.emulator is not None
         return self.call(lambda: list(self.emulator.conflicts))
+
+    def operator_reads(self, plural: str) -> list[dict[str, str]]:
+        """Query parameters of the operator's list and watch requests of ``plural``."""
+        assert self.emulator is not None
+        return self.call(lambda: [p for r, p in self.emulator.operator_reads if r == plural])
 
     def put(self, path: str, obj: dict[str, Any]) -> dict[str, Any]:
         """POST an object (path: the collection URL)."""
