@@ -125,10 +125,12 @@ class Operator:
             return
         loop = asyncio.get_running_loop()
         when = loop.time() + max(delay, 0.0)
-        if state.wake is not None and not state.wake.cancelled() and state.wake.when() <= when:
-            return  # an earlier wake-up is already scheduled
-        if state.wake is not None:
-            state.wake.cancel()
+        wake = state.wake
+        pending = wake is not None and not wake.cancelled() and wake.when() > loop.time()
+        if pending and wake.when() <= when:
+            return  # an earlier wake-up is still to come (a fired one no longer counts)
+        if wake is not None:
+            wake.cancel()
         state.wake = loop.call_at(
             when + 0.05, lambda: asyncio.ensure_future(self.reconcile(namespace, name))
         )
@@ -195,6 +197,8 @@ class Operator:
                 except Exception as exc:
                     log.warning("%s/%s: %s failed: %s", namespace, name, action, exc)
                     errors.append(str(exc))
+                    if isinstance(action, EnsureSpecConfigMap):
+                        break  # no Job without its own spec; the next pass creates them
         patch = merge_patch(status, new_status)
         if patch:
             self.api.patch_run_status(namespace, name, patch)

@@ -75,6 +75,10 @@ def connection_info(configuration: kubernetes.client.Configuration, trust_env: b
     )
 
 
+class ForeignObjectError(RuntimeError):
+    """An object the operator would create exists already and belongs to another owner."""
+
+
 class Api:
     """JSON requests against the API server with the client's auth and TLS settings."""
 
@@ -134,7 +138,10 @@ class Api:
     # --- writes ------------------------------------------------------------------------------
 
     def create_or_adopt(self, obj: Mapping[str, Any]) -> str:
-        """Create `obj`; when it exists already (409), adopt it. Returns "created"/"adopted"."""
+        """Create `obj`; when it exists already (409), adopt it if it has the same owner. Returns
+        "created"/"adopted"; raises `ForeignObjectError` for an object of another owner (e.g. the
+        `<run>-spec` ConfigMap of a deleted run of the same name, not yet garbage-collected: using
+        it would run the old spec, and the collector would delete it under the new run)."""
         meta = obj["metadata"]
         path = _PATHS[(obj["apiVersion"], obj["kind"])].format(ns=meta["namespace"])
         try:
@@ -147,11 +154,9 @@ class Api:
         owners = {o.get("uid") for o in existing.get("metadata", {}).get("ownerReferences") or []}
         wanted = {o.get("uid") for o in meta.get("ownerReferences") or []}
         if wanted and not owners & wanted:
-            log.warning(
-                "%s %s/%s exists but belongs to another owner; adopting it as is",
-                obj["kind"],
-                meta["namespace"],
-                meta["name"],
+            raise ForeignObjectError(
+                f"{obj['kind']} {meta['namespace']}/{meta['name']} exists but belongs to another "
+                "owner (a deleted run's, until the garbage collector removes it); retrying"
             )
         return "adopted"
 

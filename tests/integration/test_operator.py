@@ -474,3 +474,34 @@ def test_refuses_to_start_with_an_older_crd(
         runner.future.result(timeout=20)  # the operator stops on its own
     assert runner.exit_code != 0
     assert "schema revision 0 is older" in runner.output + str(runner.exception)
+
+
+def test_a_deleted_runs_spec_configmap_is_not_adopted(cluster: ClusterHandle):
+    """A `<run>-spec` ConfigMap of a deleted run of the same name (not yet garbage-collected)
+    is neither used nor adopted: no Job starts until the collector has removed it."""
+    stale = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "demo-spec",
+            "namespace": NS,
+            "ownerReferences": [
+                {"apiVersion": "evoquality.io/v1alpha1", "kind": "EvoQualityRun",
+                 "name": "demo", "uid": "uid-of-a-deleted-run"}
+            ],
+        },
+        "data": {"spec.json": "{}"},
+    }  # fmt: skip
+    configmaps = f"/api/v1/namespaces/{NS}/configmaps"
+    cluster.put(configmaps, stale)
+    cluster.put(RUNS_PATH, run_manifest())
+    refused = ("configmaps", NS, "demo-spec")
+    with operator():
+        # two refusals: the first pass has ended (and the retry pass begun) without a Job
+        wait_for(lambda: cluster.conflicts().count(refused) >= 2, timeout=30, message="retry")
+        assert cluster.created("jobs") == []
+        cluster.api.request("DELETE", f"{configmaps}/demo-spec")  # the garbage collector
+        wait_for(lambda: cluster.created("jobs"), timeout=30, message="a Job after the GC")
+        spec_map = cluster.api.request("GET", f"{configmaps}/demo-spec")
+        uid = cluster.api.get_run(NS, "demo")["metadata"]["uid"]
+        assert [o["uid"] for o in spec_map["metadata"]["ownerReferences"]] == [uid]
