@@ -85,12 +85,20 @@ def spec_schema() -> dict[str, Any]:
     raw = spec_models.EvoQualityRunSpec.model_json_schema(by_alias=True, mode="validation")
     defs = raw.pop("$defs", {})
     schema = _structural(_resolve(raw, defs))
-    for name, prop in schema["properties"].items():
-        if name in spec_models.MUTABLE_SPEC_FIELDS:
-            continue
-        prop["x-kubernetes-validations"] = [
+    immutable = [n for n in schema["properties"] if n not in spec_models.MUTABLE_SPEC_FIELDS]
+    for name in immutable:
+        schema["properties"][name]["x-kubernetes-validations"] = [
             {"rule": "self == oldSelf", "message": f"spec.{name} is immutable"}
         ]
+    # A property's own transition rule runs only when it exists before and after: adding or
+    # removing an optional section is caught here, at the spec level.
+    schema["x-kubernetes-validations"] = [
+        {
+            "rule": " && ".join(f"has(self.{n}) == has(oldSelf.{n})" for n in immutable),
+            "message": "immutable spec sections cannot be added or removed (only suspend and "
+            "queueName change)",
+        }
+    ]
     return schema
 
 

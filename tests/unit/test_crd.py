@@ -52,3 +52,33 @@ def test_printer_columns_and_status_subresource():
     names = [c["name"] for c in version["additionalPrinterColumns"]]
     assert names == ["Phase", "Round", "Stage", "Best SRCC", "Age"]
     assert yaml.safe_load(render_crd())["metadata"]["name"] == "evoqualityruns.evoquality.io"
+
+
+def _allowed(old: dict, new: dict) -> bool:
+    """Every CEL rule of the spec schema (spec level and per section) on an update, evaluated by
+    a CEL interpreter with the API server's transition semantics: a section's own rule runs only
+    when the section exists before and after."""
+    import celpy
+
+    env = celpy.Environment()
+    schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    checks = [(schema, new, old)]
+    for name, prop in schema["properties"].items():
+        if name in new and name in old:
+            checks.append((prop, new[name], old[name]))
+    for node, value, previous in checks:
+        for rule in node.get("x-kubernetes-validations", []):
+            program = env.program(env.compile(rule["rule"]))
+            activation = {"self": celpy.json_to_cel(value), "oldSelf": celpy.json_to_cel(previous)}
+            if not program.evaluate(activation):
+                return False
+    return True
+
+
+def test_cel_rules_keep_the_spec_immutable_but_suspend_and_queue_name():
+    old = {"data": {"manifest": "a.csv"}, "storage": {"uri": "s3://b"}, "rounds": 2}
+    assert _allowed(old, {**old, "suspend": True, "queueName": "q"})
+    assert not _allowed(old, {**old, "rounds": 3})  # a section changed
+    assert not _allowed(old, {**old, "training": {"beta": 0.1}})  # an optional section added
+    assert not _allowed({**old, "training": {"beta": 0.1}}, old)  # ... or removed
+    assert _allowed({**old, "suspend": True}, old)  # a mutable field removed
