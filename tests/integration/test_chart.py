@@ -368,6 +368,15 @@ def test_monitoring_objects_need_the_api(helm) -> None:
     assert "> 21600" in no_progress["expr"]  # 6 hours from the values file
 
 
+def test_monitoring_objects_can_be_forced_for_gitops(helm) -> None:
+    """`force` renders them without `--api-versions` (helm template in Argo CD or Flux)."""
+    values = [CHART / "ci" / "monitoring-values.yaml"]
+    forced = render(
+        helm, values=values, sets=["serviceMonitor.force=true", "prometheusRule.force=true"]
+    )
+    assert len(by_kind(forced, "ServiceMonitor")) == len(by_kind(forced, "PrometheusRule")) == 1
+
+
 def test_monitoring_off_by_default(helm) -> None:
     objects = render(helm, api_versions=[MONITORING])
     assert not by_kind(objects, "ServiceMonitor") and not by_kind(objects, "PrometheusRule")
