@@ -512,6 +512,14 @@ class PodsSpec(_Model):
     model_cache_pvc: str | None = Field(
         None, description="ReadWriteMany PVC for the model cache (else an emptyDir per pod)."
     )
+    ttl_seconds_after_finished: int | None = Field(
+        86400,
+        ge=600,
+        description="ttlSecondsAfterFinished of the run's Jobs. The operator records a finished "
+        "Job on its next reconcile; a Job deleted before that is created again and reports the "
+        "committed stage at once. null keeps Jobs until the run is deleted (our choice: a day "
+        "covers an operator outage).",
+    )
 
 
 class RetrySpec(_Model):

@@ -397,6 +397,8 @@ def stage_job(ctx: RunContext, key: StageKey, attempt: int, suspend: bool) -> di
         )
     if pod.active_deadline_seconds:
         job_spec["activeDeadlineSeconds"] = pod.active_deadline_seconds
+    if spec.pods.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = spec.pods.ttl_seconds_after_finished
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -420,3 +420,12 @@ def test_a_request_above_its_limit_is_refused():
             }
         )
     ctx(pods={"eval": {"resources": {"requests": {"cpu": "500m"}, "limits": {"cpu": "1"}}}})
+
+
+def test_finished_jobs_are_deleted_after_a_day_unless_the_run_keeps_them():
+    key = StageKey(0, "rank")
+    assert jobs.stage_job(ctx(), key, 0, False)["spec"]["ttlSecondsAfterFinished"] == 86400
+    kept = ctx(pods={"ttlSecondsAfterFinished": None})
+    assert "ttlSecondsAfterFinished" not in jobs.stage_job(kept, key, 0, False)["spec"]
+    with pytest.raises(SpecError, match="ttlSecondsAfterFinished"):
+        ctx(pods={"ttlSecondsAfterFinished": 60})  # deleted before the operator reads it

@@ -78,27 +78,22 @@ app.kubernetes.io/part-of: evoquality
 
 {{/* The permissions the operator needs on namespaced objects (Role or ClusterRole rules). */}}
 {{- define "evoquality.operatorRules" -}}
+# Exactly the calls the operator makes (tests/plugins/rbac_record.py compares them over the suite).
 - apiGroups: [evoquality.io]
   resources: [evoqualityruns]
-  verbs: [get, list, watch, patch, update]
+  verbs: [get, list, watch, patch]
 - apiGroups: [evoquality.io]
   resources: [evoqualityruns/status]
-  verbs: [get, patch, update]
+  verbs: [patch]
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [create, get, list, watch, patch, delete]
+  verbs: [create, get, list, watch, patch]
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch]
-- apiGroups: [""]
-  resources: [pods/log]
-  verbs: [get]
+  verbs: [list]
 - apiGroups: [""]
   resources: [services, configmaps]
-  verbs: [create, get, list, watch, patch]
-- apiGroups: ["", events.k8s.io]
-  resources: [events]
-  verbs: [create, patch]
+  verbs: [create, get]
 {{- end -}}
 
 {{- define "evoquality.storageSecretName" -}}
