@@ -10,13 +10,14 @@ Vote and eval stages of a spec with ``model.engine: vllm`` run with the vLLM ven
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,6 +109,23 @@ def run_root(run: EvoQualityRun, workdir: Path) -> str:
     if not uri.startswith(("s3://", "file://")) and not Path(uri).is_absolute():
         uri = str((workdir / uri).resolve())
     return f"{uri}/{run.metadata.namespace}/{run.metadata.name}"
+
+
+@contextlib.contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block ends, then raise it: a stage process started inside
+    is registered before the interrupt stops the run, so it is terminated, never orphaned."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 class Runner:
@@ -270,11 +288,12 @@ class Runner:
                         def on_progress(event: dict, bar_id=bar_id) -> None:
                             bar.update(bar_id, total=event["total"], completed=event["done"])
 
-                        running[task.name] = (
-                            *self._launch(task, threads, on_progress),
-                            bar_id,
-                            started,
-                        )
+                        with deferred_interrupt():  # a started stage is always in `running`
+                            running[task.name] = (
+                                *self._launch(task, threads, on_progress),
+                                bar_id,
+                                started,
+                            )
                         if self.metrics:
                             self.metrics.stage_started(ns, name, task.round, task.stage)
                     if not running:

@@ -124,7 +124,7 @@ def test_ctrl_c_stops_cleanly_and_metrics_follow_summaries(tmp_path):
     proc = start(manifest, tmp_path / "w", cache)
     assert wait_for(tmp_path / "w" / "logs" / "interrupted" / "rank-r0.log", proc)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=DEADLINE_S)
     assert proc.returncode == 130
     assert "run the same command again" in err.decode()
 

@@ -79,3 +79,19 @@ def test_vllm_inference_stages_run_with_the_vllm_python(tmp_path):
     (venv / "python").touch()
     found = vllm_python({}, root=tmp_path)
     assert found in (str(venv / "python"), __import__("sys").executable)
+
+
+def test_ctrl_c_inside_a_stage_launch_is_raised_once_the_stage_is_registered():
+    import os
+    import signal
+
+    import pytest
+
+    from evoquality.runner import deferred_interrupt
+
+    registered = []
+    with pytest.raises(KeyboardInterrupt), deferred_interrupt():
+        os.kill(os.getpid(), signal.SIGINT)  # delivered here, between Popen and registration
+        registered.append("rank-r0")
+    assert registered == ["rank-r0"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
