@@ -65,6 +65,9 @@ def _structural(node: dict[str, Any]) -> dict[str, Any]:
     if kind == "object":
         properties = node.get("properties")
         additional = node.pop("additionalProperties", None)
+        names = node.pop("propertyNames", None)  # a dict keyed by a Literal: named properties
+        if names is not None and isinstance(additional, dict) and not properties:
+            properties = node["properties"] = {name: additional for name in names["enum"]}
         if properties:
             node["properties"] = {k: _structural(v) for k, v in properties.items()}
         elif isinstance(additional, dict) and additional:
@@ -125,7 +128,13 @@ def status_schema() -> dict[str, Any]:
             "bestValidationSrcc": {"type": "number"},
             "checkpoint": {"type": "string"},
             "observedGeneration": {"type": "integer"},
-            "conditions": {"type": "array", "items": condition},
+            "conditions": {
+                "type": "array",
+                "items": condition,
+                # one condition per type, merged by type (server-side apply, kubectl)
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["type"],
+            },
             "rounds": {
                 "type": "array",
                 "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},

@@ -18,7 +18,7 @@ import json
 import re
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -26,6 +26,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StringConstraints,
     ValidationError,
     field_validator,
     model_validator,
@@ -440,6 +441,9 @@ _QUANTITY_FACTORS = {
 }
 
 
+Quantity = Annotated[str, StringConstraints(pattern=QUANTITY, max_length=64)]
+
+
 def quantity(value: str) -> Decimal:
     """A Kubernetes resource quantity (``500m``, ``16Gi``, ``1e3``) as a number."""
     text = str(value).strip()
@@ -455,8 +459,10 @@ class PodSpec(_Model):
     """Pod settings of one stage's Jobs (Kubernetes executor only)."""
 
     image: str | None = Field(None, description="Container image (default: the chart's).")
-    resources: dict[str, dict[str, str]] = Field(
-        default_factory=dict, description="requests/limits, e.g. {limits: {nvidia.com/gpu: '8'}}."
+    resources: dict[Literal["requests", "limits"], dict[str, Quantity]] = Field(
+        default_factory=dict,
+        description="requests/limits, e.g. {limits: {nvidia.com/gpu: '8'}}; values are Kubernetes "
+        "quantities (`64Gi`, not `64GB`).",
     )
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, Any]] = Field(default_factory=list, max_length=64)
@@ -512,6 +518,14 @@ class PodsSpec(_Model):
     model_cache_pvc: str | None = Field(
         None, description="ReadWriteMany PVC for the model cache (else an emptyDir per pod)."
     )
+    pending_timeout_seconds: int | None = Field(
+        3600,
+        ge=60,
+        description="A stage attempt whose pods are not all Ready this long after its Job started "
+        "(admitted, for Kueue) is failed and retried: a gang that cannot be scheduled whole, an "
+        "image that does not pull. Not activeDeadlineSeconds, which counts running time. null: "
+        "wait forever (our choice: an hour covers pulling a 20 GB image).",
+    )
     ttl_seconds_after_finished: int | None = Field(
         86400,
         ge=600,
@@ -539,7 +553,18 @@ class EvoQualityRunSpec(_Model):
     storage: StorageSpec
     pods: PodsSpec = Field(default_factory=PodsSpec)
     retries: RetrySpec = Field(default_factory=RetrySpec)
-    queue_name: str | None = Field(None, description="Kueue LocalQueue (label on every Job).")
+    queue_name: str | None = Field(
+        None,
+        description="Kueue LocalQueue (label on every Job). Fixed once the run has Jobs: the "
+        "operator refuses a change (SpecValid=False, reason QueueNameChanged) until set back.",
+    )
+    priority_class: str | None = Field(
+        None,
+        pattern=DNS1123_SUBDOMAIN,
+        max_length=253,
+        description="Kueue WorkloadPriorityClass (label kueue.x-k8s.io/priority-class on every "
+        "Job); needs queueName.",
+    )
     suspend: bool = Field(False, description="Suspend running Jobs and start no new ones.")
 
     @model_validator(mode="after")
@@ -551,6 +576,8 @@ class EvoQualityRunSpec(_Model):
             )
         if self.voting.sampler == "same-reference" and self.data.augmentation is None:
             raise ValueError("voting.sampler 'same-reference' needs data.augmentation")
+        if self.priority_class is not None and self.queue_name is None:
+            raise ValueError("priorityClass is Kueue's WorkloadPriorityClass: it needs queueName")
         if self.model.engine == "simulated" and self.model.simulated is None:
             raise ValueError("model.engine 'simulated' needs model.simulated settings")
         return self

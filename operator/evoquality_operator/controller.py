@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import time
@@ -17,7 +18,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from evoquality.spec import EvoQualityRunSpec, SpecError, parse_spec
+from kubernetes.client.exceptions import ApiException
+
+from evoquality.spec import API_GROUP, API_VERSION, KIND, EvoQualityRunSpec, SpecError, parse_spec
 from evoquality.telemetry import RunMetrics
 
 from . import jobs as jobs_module
@@ -29,17 +32,24 @@ from .reconcile import (
     FAILED,
     SUCCEEDED,
     CreateJob,
+    DeleteJob,
     EnsureSpecConfigMap,
     ObservedJob,
     Outcome,
     RequeueAfter,
     RunRef,
     SetJobSuspended,
+    StageDisrupted,
     StageFailed,
     StageKey,
     StageRetried,
+    StageStarted,
+    StageSucceeded,
+    StageWaiting,
+    iso,
     parse_time,
     reconcile,
+    refuse_create,
     set_condition,
 )
 
@@ -102,6 +112,13 @@ class Operator:
 
     def _state(self, namespace: str, name: str) -> _RunState:
         return self._runs.setdefault((namespace, name), _RunState())
+
+    def run_of_label(self, namespace: str, label: str) -> str | None:
+        """The run a pod's run label names (label values of long names are digests)."""
+        for run_namespace, run in self._runs:
+            if run_namespace == namespace and naming.label_value(run) == label:
+                return run
+        return None
 
     async def reconcile(self, namespace: str, name: str) -> None:
         """Reconcile the run now, coalescing with concurrent requests for the same run."""
@@ -191,14 +208,41 @@ class Operator:
                 else "every GPU pod requests cpu and memory",
                 now,
             )
-            for action in outcome.actions:
+            involved = {
+                "apiVersion": f"{API_GROUP}/{API_VERSION}",
+                "kind": KIND,
+                "metadata": {"name": name, "namespace": namespace, "uid": meta.get("uid", "")},
+            }
+            actions = list(outcome.actions)
+            refused_keys: set[tuple[StageKey, int]] = set()
+            while actions:
+                action = actions.pop(0)
+                if (
+                    isinstance(action, StageStarted)
+                    and (action.key, action.attempt) in refused_keys
+                ):
+                    continue  # its Job was refused: no "created" Event
                 try:
                     requeue = self._apply(ctx, state, action, requeue)
                 except Exception as exc:
-                    log.warning("%s/%s: %s failed: %s", namespace, name, action, exc)
-                    errors.append(str(exc))
-                    if isinstance(action, EnsureSpecConfigMap):
-                        break  # no Job without its own spec; the next pass creates them
+                    refused = _refused(exc) if isinstance(action, CreateJob) else None
+                    if refused is None:
+                        log.warning("%s/%s: %s failed: %s", namespace, name, action, exc)
+                        errors.append(str(exc))
+                        if isinstance(action, EnsureSpecConfigMap):
+                            break  # no Job without its own spec; the next pass creates them
+                        continue
+                    # a 4xx that repeating the request cannot fix: the attempt failed
+                    log.warning("%s/%s: %s refused: %s", namespace, name, action.name, refused)
+                    refused_keys.add((action.key, action.attempt))
+                    run_ref = RunRef(namespace, name)
+                    actions.extend(
+                        refuse_create(
+                            run_ref, spec, new_status, action.key, action.attempt, refused, now
+                        )
+                    )
+                    continue
+                self._announce(involved, action, now)
         patch = merge_patch(status, new_status)
         if patch:
             self.api.patch_run_status(namespace, name, patch)
@@ -210,21 +254,36 @@ class Operator:
     ) -> list[ObservedJob]:
         stages = status.get("stages") or {}
         observed = []
+        running_pods: dict[str, list[dict[str, Any]]] | None = None  # by Job, read once a pass
         for job in self.api.list("batch/v1", "Job", namespace, naming.run_selector(name)):
-            owners = job.get("metadata", {}).get("ownerReferences") or []
+            meta = job.get("metadata", {})
+            owners = meta.get("ownerReferences") or []
             if uid and owners and uid not in {o.get("uid") for o in owners}:
                 continue  # left behind by an earlier run of the same name
             parsed = jobs_module.job_key(job)
             if parsed is None:
                 continue
             key, attempt = parsed
+            job_name = meta["name"]
             pods: list[dict[str, Any]] = []
-            if jobs_module.job_state(job) in (SUCCEEDED, FAILED) and _needs_pods(
-                stages.get(key.id), job["metadata"]["name"], attempt
-            ):
-                selector = f"{naming.JOB_NAME_LABEL}={job['metadata']['name']}"
+            events: list[dict[str, Any]] = []
+            finished = jobs_module.job_state(job) in (SUCCEEDED, FAILED)
+            if finished and _needs_pods(stages.get(key.id), job_name, attempt):
+                selector = f"{naming.JOB_NAME_LABEL}={job_name}"
                 pods = self.api.list("v1", "Pod", namespace, selector)
-            item = jobs_module.observe_job(job, pods)
+            elif _may_wait(job):
+                if running_pods is None:
+                    running_pods = {}
+                    for pod in self.api.list("v1", "Pod", namespace, naming.run_selector(name)):
+                        labels = pod.get("metadata", {}).get("labels") or {}
+                        running_pods.setdefault(labels.get(naming.JOB_NAME_LABEL, ""), []).append(
+                            pod
+                        )
+                pods = running_pods.get(job_name, [])
+                if not pods:  # no pod at all: the Job controller says why in an Event
+                    fields = f"involvedObject.kind=Job,involvedObject.name={job_name}"
+                    events = self.api.list("v1", "Event", namespace, "", fields)
+            item = jobs_module.observe_job(job, pods, events)
             if item is not None:
                 observed.append(item)
         return observed
@@ -248,6 +307,9 @@ class Operator:
         elif isinstance(action, SetJobSuspended):
             self.api.set_job_suspended(ns, action.name, action.suspend)
             log.info("%s/%s: Job %s suspend=%s", ns, run, action.name, action.suspend)
+        elif isinstance(action, DeleteJob):
+            self.api.delete_job(ns, action.name)
+            log.info("%s/%s: Job %s deleted (stopped)", ns, run, action.name)
         elif isinstance(action, StageFailed):
             self.metrics.stage_failed(ns, run, action.key.round, action.key.stage)
             log.warning(
@@ -264,6 +326,16 @@ class Operator:
         elif isinstance(action, RequeueAfter):
             requeue = action.seconds if requeue is None else min(requeue, action.seconds)
         return requeue
+
+    def _announce(self, involved: Mapping[str, Any], action: Any, now: datetime) -> None:
+        """The Event (Normal or Warning) of a stage transition, on the run; never fails a pass."""
+        event = _event_of(involved["metadata"]["name"], action)
+        if event is None:
+            return
+        try:
+            self.api.post_event(involved, *event, iso(now))
+        except Exception as exc:  # an Event is a courtesy: log, do not retry the pass
+            log.warning("%s: cannot post Event %s: %s", involved["metadata"]["name"], event, exc)
 
     def _export(
         self, namespace: str, name: str, status: Mapping[str, Any], state: _RunState
@@ -306,6 +378,61 @@ def _key_of(entry: Mapping[str, Any]) -> StageKey | None:
     with contextlib.suppress(KeyError, ValueError, TypeError):
         round_text = entry["round"]
         return StageKey(None if round_text == "base" else int(round_text), entry["stage"])
+    return None
+
+
+def _may_wait(job: Mapping[str, Any]) -> bool:
+    """An unfinished, unsuspended Job whose pods are not all Ready: read why they wait."""
+    spec, status = job.get("spec") or {}, job.get("status") or {}
+    if spec.get("suspend") or (job.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    return int(status.get("ready") or 0) < int(spec.get("parallelism") or 1)
+
+
+def _refused(exc: Exception) -> str | None:
+    """The API server's message for a 4xx that repeating the request cannot fix (not a
+    conflict, not throttling), else None."""
+    if not isinstance(exc, ApiException):
+        return None
+    status = int(exc.status or 0)
+    if not 400 <= status < 500 or status in (409, 429):
+        return None
+    try:
+        body = json.loads(exc.body or "{}")
+    except ValueError:
+        body = {}
+    message = body.get("message") if isinstance(body, dict) else None
+    return f"{status} {exc.reason}: {message or exc.body or ''}".strip()
+
+
+def _event_of(run: str, action: Any) -> tuple[str, str, str] | None:
+    """(type, reason, message) of the Event for a stage transition, None for other actions."""
+    if isinstance(action, StageStarted):
+        job = naming.job_name(run, action.key.round, action.key.stage, action.attempt)
+        return "Normal", "StageStarted", f"{action.key.id}: created Job {job}"
+    if isinstance(action, StageSucceeded):
+        took = f" in {action.duration_s:.0f} s" if action.duration_s is not None else ""
+        return "Normal", "StageSucceeded", f"{action.key.id} succeeded{took}"
+    if isinstance(action, StageRetried):
+        return "Normal", "StageRetried", f"{action.key.id}: attempt {action.attempt}"
+    if isinstance(action, StageDisrupted):
+        return (
+            "Warning",
+            "StageDisrupted",
+            (
+                f"{action.key.id} attempt {action.attempt} disrupted (preemption or eviction), "
+                f"retried as a whole, not counted: {action.message}"
+            ),
+        )
+    if isinstance(action, StageFailed):
+        final = " (no retry left)" if action.final else ""
+        return (
+            "Warning",
+            "StageFailed",
+            (f"{action.key.id} attempt {action.attempt} failed{final}: {action.message}"),
+        )
+    if isinstance(action, StageWaiting):
+        return "Warning", action.reason or "PodsWaiting", f"{action.key.id}: {action.message}"
     return None
 
 

@@ -3,6 +3,7 @@
 - run created / resumed / updated (`suspend`, `queueName`)  -> reconcile that run
 - a timer on every run                                       -> reconcile (safety net)
 - any event of a child Job (label managed-by)                 -> reconcile its owner run
+- any event of a stage pod (label managed-by)                  -> reconcile its run (by label)
 - run deleted                                                 -> forget its metrics
 Children are deleted by Kubernetes through their owner references; artifacts are never deleted.
 
@@ -57,9 +58,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_:
     settings.posting.level = logging.WARNING  # Events only for warnings and errors
     settings.persistence.finalizer = FINALIZER
     # server-side filtering: the API server sends only the operator's own Jobs
-    settings.watching.label_selectors["batch", "jobs"] = (
-        f"{naming.MANAGED_BY_LABEL}={naming.MANAGED_BY}"
-    )
+    managed = f"{naming.MANAGED_BY_LABEL}={naming.MANAGED_BY}"
+    settings.watching.label_selectors["batch", "jobs"] = managed
+    settings.watching.label_selectors["v1", "pods"] = managed  # stage pods carry the Job's labels
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=API_GROUP, key="last-handled-configuration"
@@ -117,6 +118,14 @@ async def job_event(body: kopf.Body, namespace: str, memo: kopf.Memo, **_: Any) 
     for owner in body.metadata.get("ownerReferences") or []:
         if owner.get("kind") == KIND and str(owner.get("apiVersion", "")).startswith(API_GROUP):
             await memo.operator.reconcile(namespace, owner["name"])
+
+
+@kopf.on.event("", "v1", "pods", labels={naming.MANAGED_BY_LABEL: naming.MANAGED_BY})
+async def pod_event(body: kopf.Body, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    """A stage pod changed (scheduled, pulling, waiting, Ready): its run says why it waits."""
+    run = memo.operator.run_of_label(namespace, body.metadata.labels.get(naming.RUN_LABEL, ""))
+    if run is not None:
+        await memo.operator.reconcile(namespace, run)
 
 
 @kopf.on.delete(*RUNS, optional=True)

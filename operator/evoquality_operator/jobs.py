@@ -50,10 +50,17 @@ VOTE_RETRIES_PER_INDEX = 1
 # `evoquality` exits 2 on errors a retry cannot fix (bad arguments, spec, inputs; so does
 # torchrun on bad arguments): such a vote shard is not retried within the Job.
 NO_RETRY_EXIT_CODES = (2,)
-# Evicted or preempted pods do not count as failures (the Job replaces them).
+# Evicted or preempted pods do not count as failures (the Job replaces them)...
 DISRUPTION_RULES = (
     {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
 )
+# ... except in a multi-node gang: a static torchrun group cannot take a replaced member, so the
+# whole attempt fails (the operator retries it at once without counting it, see reconcile).
+GANG_DISRUPTION_RULES = (
+    {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+)
+# Container waiting reasons that are progress, not a problem.
+NORMAL_WAITING = ("ContainerCreating", "PodInitializing")
 
 
 @dataclass(frozen=True)
@@ -299,6 +306,8 @@ def stage_job(ctx: RunContext, key: StageKey, attempt: int, suspend: bool) -> di
     labels = naming.stage_labels(ctx.name, key.round, key.stage, attempt)
     if spec.queue_name:
         labels[naming.KUEUE_QUEUE_LABEL] = spec.queue_name
+        if spec.priority_class:
+            labels[naming.KUEUE_PRIORITY_LABEL] = spec.priority_class
     command, args = _command(ctx, key)
     env = _env(ctx, pod, name) + _launcher_env(ctx, key, name)
     multi_node = key.stage == "train" and spec.training.nodes > 1
@@ -378,7 +387,9 @@ def stage_job(ctx: RunContext, key: StageKey, attempt: int, suspend: bool) -> di
         **({} if key.stage == "vote" else {"backoffLimit": 0}),
         "suspend": suspend,
         "podReplacementPolicy": "Failed",
-        "podFailurePolicy": {"rules": list(DISRUPTION_RULES)},
+        "podFailurePolicy": {
+            "rules": list(GANG_DISRUPTION_RULES if multi_node else DISRUPTION_RULES)
+        },
         "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
     }
     if key.stage == "vote":
@@ -541,16 +552,69 @@ def failure_message(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -
     return ": ".join(p for p in parts if p) or "the Job failed"
 
 
+def waiting_signal(
+    pods: Iterable[Mapping[str, Any]], events: Iterable[Mapping[str, Any]] = ()
+) -> tuple[str, str] | None:
+    """(reason, text) of why an unfinished Job's pods wait, each read from where Kubernetes puts
+    it: a container's waiting state (kubelet: ImagePullBackOff, CreateContainerConfigError, ...),
+    the pod's `PodScheduled=False` condition (scheduler: Unschedulable), else the newest
+    `FailedCreate` Event of the Job (Job controller: no pod at all, e.g. a quota)."""
+    for pod in pods:
+        name = (pod.get("metadata") or {}).get("name", "?")
+        status = pod.get("status") or {}
+        if status.get("phase") in ("Succeeded", "Failed"):
+            continue
+        statuses = (status.get("initContainerStatuses") or []) + (
+            status.get("containerStatuses") or []
+        )
+        for container in statuses:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            reason = waiting.get("reason")
+            if reason and reason not in NORMAL_WAITING:
+                return reason, f"pod {name}: {reason}: {waiting.get('message', '')}".rstrip(": ")
+        for condition in status.get("conditions") or []:
+            if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+                reason = condition.get("reason") or "Unschedulable"
+                text = f"pod {name}: {reason}: {condition.get('message', '')}"
+                return reason, text.rstrip(": ")
+    failed = [e for e in events if e.get("reason") == "FailedCreate"]
+    if failed:
+        newest = max(failed, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+        job = (newest.get("involvedObject") or {}).get("name", "?")
+        return "FailedCreate", f"Job {job}: FailedCreate: {newest.get('message', '')}"
+    return None
+
+
+def _disrupted(job: Mapping[str, Any]) -> bool:
+    """Failed by a FailJob rule on DisruptionTarget (the Job controller names the condition)."""
+    condition = _condition_true(job, "Failed") or {}
+    return condition.get("reason") == "PodFailurePolicy" and "DisruptionTarget" in str(
+        condition.get("message", "")
+    )
+
+
+def _expected_ready(job: Mapping[str, Any], key: StageKey) -> int:
+    """Ready pods that show the attempt runs: every pod of a multi-node gang, else one."""
+    spec = job.get("spec") or {}
+    if key.stage == "train" and spec.get("completionMode") == "Indexed":
+        return int(spec.get("parallelism") or 1)
+    return 1
+
+
 def observe_job(
-    job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]] = ()
+    job: Mapping[str, Any],
+    pods: Sequence[Mapping[str, Any]] = (),
+    events: Sequence[Mapping[str, Any]] = (),
 ) -> ObservedJob | None:
-    """An ObservedJob for one child Job; pods are needed only once it finished."""
+    """An ObservedJob for one child Job: its pods give summaries and failure messages once it
+    finished, and why it waits while it runs (with its Events)."""
     parsed = job_key(job)
     if parsed is None:
         return None
     key, attempt = parsed
     status = job.get("status") or {}
     state = job_state(job)
+    waiting = waiting_signal(pods, events) if state not in (SUCCEEDED, FAILED) else None
     return ObservedJob(
         name=job["metadata"]["name"],
         key=key,
@@ -563,4 +627,10 @@ def observe_job(
         if state == SUCCEEDED
         else (),
         message=failure_message(job, pods) if state == FAILED else "",
+        ready=int(status.get("ready") or 0) + int(status.get("succeeded") or 0),
+        expected=_expected_ready(job, key),
+        deleting=bool((job.get("metadata") or {}).get("deletionTimestamp")),
+        disrupted=state == FAILED and _disrupted(job),
+        waiting_reason=waiting[0] if waiting else "",
+        waiting=waiting[1] if waiting else "",
     )

@@ -27,7 +27,9 @@ _PATHS = {
     ("v1", "ConfigMap"): "/api/v1/namespaces/{ns}/configmaps",
     ("v1", "Service"): "/api/v1/namespaces/{ns}/services",
     ("v1", "Pod"): "/api/v1/namespaces/{ns}/pods",
+    ("v1", "Event"): "/api/v1/namespaces/{ns}/events",
 }
+EVENT_SOURCE = "evoquality-operator"
 RUNS_PATH = f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{{ns}}/{PLURAL}"
 
 
@@ -122,9 +124,12 @@ class Api:
                 return None
             raise
 
-    def list(self, api_version: str, kind: str, namespace: str, selector: str) -> list[dict]:
+    def list(
+        self, api_version: str, kind: str, namespace: str, selector: str, fields: str = ""
+    ) -> list[dict]:
         path = _PATHS[(api_version, kind)].format(ns=namespace)
-        return self.request("GET", path, query={"labelSelector": selector}).get("items") or []
+        query = {"labelSelector": selector, **({"fieldSelector": fields} if fields else {})}
+        return self.request("GET", path, query=query).get("items") or []
 
     def get_crd(self, name: str = crd_module.CRD_NAME) -> dict[str, Any] | None:
         path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"
@@ -163,6 +168,45 @@ class Api:
     def set_job_suspended(self, namespace: str, name: str, suspend: bool) -> None:
         path = f"{_PATHS[('batch/v1', 'Job')].format(ns=namespace)}/{quote(name)}"
         self.request("PATCH", path, body={"spec": {"suspend": suspend}}, content_type=MERGE_PATCH)
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        """Delete a Job and, before it disappears, its pods (foreground: a new Job of the same
+        name cannot start while the old pods still hold their GPUs). Gone already is fine."""
+        path = f"{_PATHS[('batch/v1', 'Job')].format(ns=namespace)}/{quote(name)}"
+        try:
+            self.request("DELETE", path, body={"propagationPolicy": "Foreground"})
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def post_event(
+        self, involved: Mapping[str, Any], kind: str, reason: str, message: str, when: str
+    ) -> None:
+        """A core/v1 Event about `involved` (an object's apiVersion, kind, metadata)."""
+        meta = involved["metadata"]
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": involved["apiVersion"],
+                "kind": involved["kind"],
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid", ""),
+            },
+            "type": kind,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": EVENT_SOURCE},
+            "reportingComponent": EVENT_SOURCE,
+            "reportingInstance": os.environ.get("HOSTNAME", EVENT_SOURCE),
+            "firstTimestamp": when,
+            "lastTimestamp": when,
+            "count": 1,
+        }
+        path = _PATHS[("v1", "Event")].format(ns=meta["namespace"])
+        self.request("POST", path, body=event)
 
     def patch_run_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
         path = f"{RUNS_PATH.format(ns=namespace)}/{quote(name)}/status"

@@ -17,6 +17,7 @@ ROUND_LABEL = f"{GROUP}/round"
 STAGE_LABEL = f"{GROUP}/stage"
 ATTEMPT_LABEL = f"{GROUP}/attempt"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
 JOB_NAME_LABEL = "job-name"  # set by the Job controller on its pods
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 

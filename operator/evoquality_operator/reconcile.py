@@ -84,6 +84,12 @@ class ObservedJob:
     completion_time: str | None = None
     summaries: tuple[Mapping[str, Any], ...] = ()  # stage summaries (one per vote shard)
     message: str = ""  # the failed pod's last message (termination message) or the Job's
+    ready: int = 0  # pods that are or were Ready (status.ready + status.succeeded)
+    expected: int = 1  # Ready pods that mean the attempt runs: every node of a gang, else one
+    deleting: bool = False  # deletionTimestamp set: stopped, going away
+    disrupted: bool = False  # failed because a pod was preempted or evicted (a gang's FailJob)
+    waiting_reason: str = ""  # why its pods wait (ImagePullBackOff, Unschedulable, ...)
+    waiting: str = ""  # the same with the pod's or the Event's message
 
     @property
     def finished(self) -> bool:
@@ -115,6 +121,13 @@ class SetJobSuspended:
 
 
 @dataclass(frozen=True)
+class DeleteJob:
+    """Stop an unfinished Job by deleting it (Kueue owns `suspend` of the Jobs it manages)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
 class StageStarted:
     key: StageKey
     attempt: int
@@ -143,6 +156,24 @@ class StageRetried:
 
 
 @dataclass(frozen=True)
+class StageDisrupted:
+    """An attempt ended by preemption or eviction: retried at once, not counted as a failure."""
+
+    key: StageKey
+    attempt: int
+    message: str
+
+
+@dataclass(frozen=True)
+class StageWaiting:
+    """A stage's pods started waiting for a (new) reason: a Warning Event."""
+
+    key: StageKey
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
 class RequeueAfter:
     seconds: float
 
@@ -155,6 +186,9 @@ Action = (
     | StageSucceeded
     | StageFailed
     | StageRetried
+    | StageDisrupted
+    | StageWaiting
+    | DeleteJob
     | RequeueAfter
 )
 
@@ -331,10 +365,18 @@ def reconcile(
         by_key.setdefault(job.key, []).append(job)
 
     if new["phase"] in TERMINAL:
-        # Nothing more runs for a finished run; stop what is still running (never delete).
-        for job in observed:
-            if not job.finished and not job.suspended:
-                out.actions.append(SetJobSuspended(job.name, True))
+        # Nothing more runs for a finished run; stop what is still running.
+        out.actions.extend(_stop(spec, observed))
+        return out
+
+    recorded_queue = new.get("queueName")
+    if recorded_queue is not None and recorded_queue != (spec.queue_name or ""):
+        message = (
+            f"queueName cannot change once the run has Jobs (was {recorded_queue or 'none'!r}, "
+            f"now {spec.queue_name or 'none'!r}): set it back, or delete the run and create it "
+            "again (committed stages are kept)"
+        )
+        set_condition(new, "SpecValid", False, "QueueNameChanged", message, now)
         return out
 
     plan = stage_plan(spec)
@@ -366,14 +408,21 @@ def reconcile(
         if job.state == SUCCEEDED:
             _record_success(spec, new, key, entry, job, now, out)
         elif job.state == FAILED:
-            failure = _record_failure(spec, key, entry, job, now, out)
+            message = job.message or f"Job {job.name} failed"
+            failure = _record_failure(spec, key, entry, message, now, out, job.disrupted)
             if failure is not None:
                 final_failure = failure
+        elif job.deleting:
+            entry["state"] = SUSPENDED if spec.suspend else PENDING  # a stopped Job going away
         else:
             entry["state"] = _running_state(spec, job)
+            _note_waiting(key, entry, job, out)
+            failure = _check_pending_timeout(spec, key, entry, job, now, out, wake)
+            if failure is not None:
+                final_failure = failure
 
     if final_failure is not None:
-        _fail(new, stages, final_failure, now, observed, out)
+        _fail(new, stages, final_failure, now, observed, out, spec)
         return out
 
     # 2. early stopping (validation SRCC fell below the best so far)
@@ -393,14 +442,13 @@ def reconcile(
         )
         return out
 
-    # 3. suspension: spec.suspend suspends every running Job and starts nothing
-    for job in observed:
-        if job.finished:
-            continue
-        if spec.suspend and not job.suspended:
-            out.actions.append(SetJobSuspended(job.name, True))
-        elif not spec.suspend and job.suspended and spec.queue_name is None:
-            out.actions.append(SetJobSuspended(job.name, False))
+    # 3. suspension: spec.suspend stops every running Job and starts nothing
+    if spec.suspend:
+        out.actions.extend(_stop(spec, observed))
+    elif spec.queue_name is None:
+        for job in observed:
+            if job.suspended and not job.finished and not job.deleting:
+                out.actions.append(SetJobSuspended(job.name, False))
 
     # 4. start ready stages, retry backed-off ones, recreate lost Jobs
     creates: list[Action] = []
@@ -427,7 +475,8 @@ def reconcile(
                         job=naming.job_name(run.name, key.round, key.stage, attempt),
                         startedAt=iso(now),
                     )
-                    entry.pop("retryAt", None)
+                    for stale in ("retryAt", "readyAt", "waiting", "waitingReason"):
+                        entry.pop(stale, None)
                     creates.append(_create(run, spec, key, attempt))
                     creates.append(StageRetried(key, attempt))
                     creates.append(StageStarted(key, attempt, now.timestamp()))
@@ -444,8 +493,12 @@ def reconcile(
             entry = stages.get(key.id)
             if entry is not None and entry["state"] in (PENDING, RUNNING, QUEUED):
                 entry["state"] = SUSPENDED
+                for stale in ("readyAt", "waiting", "waitingReason"):  # the Job starts anew
+                    entry.pop(stale, None)
     if any(isinstance(a, CreateJob) for a in creates):
         out.actions.append(EnsureSpecConfigMap())
+    if stages:
+        new.setdefault("queueName", spec.queue_name or "")  # fixed from the first Job on
     out.actions.extend(creates)
     if wake:
         out.actions.append(RequeueAfter(max(min(wake), 0.0)))
@@ -493,7 +546,62 @@ def _running_state(spec: EvoQualityRunSpec, job: ObservedJob) -> str:
         if spec.suspend:
             return SUSPENDED
         return QUEUED if spec.queue_name is not None else SUSPENDED
-    return RUNNING if job.state == RUNNING else PENDING
+    return RUNNING if job.ready > 0 and job.state == RUNNING else PENDING
+
+
+def _stop(spec: EvoQualityRunSpec, observed: Iterable[ObservedJob]) -> list[Action]:
+    """Stop the unfinished Jobs: delete them under Kueue (which un-suspends every Job it admits,
+    so a suspend would be undone), else suspend them. One write per Job per stop."""
+    actions: list[Action] = []
+    for job in observed:
+        if job.finished or job.deleting:
+            continue
+        if spec.queue_name is not None:
+            actions.append(DeleteJob(job.name))
+        elif not job.suspended:
+            actions.append(SetJobSuspended(job.name, True))
+    return actions
+
+
+def _note_waiting(key: StageKey, entry: dict[str, Any], job: ObservedJob, out: Outcome) -> None:
+    """Record why the stage's pods wait; a Warning Event when the reason is new."""
+    if job.waiting and entry["state"] == PENDING:
+        if entry.get("waiting") != job.waiting:
+            out.actions.append(StageWaiting(key, job.waiting_reason, job.waiting))
+        entry.update(waiting=job.waiting, waitingReason=job.waiting_reason)
+    else:
+        entry.pop("waiting", None)
+        entry.pop("waitingReason", None)
+
+
+def _check_pending_timeout(
+    spec: EvoQualityRunSpec,
+    key: StageKey,
+    entry: dict[str, Any],
+    job: ObservedJob,
+    now: datetime,
+    out: Outcome,
+    wake: list[float],
+) -> tuple[StageKey, str] | None:
+    """Fail an attempt whose pods are not all Ready `pods.pendingTimeoutSeconds` after its Job
+    started (Kueue: admitted); once they were, the attempt runs as long as it needs."""
+    if job.ready >= job.expected:
+        entry.setdefault("readyAt", iso(now))
+        return None
+    timeout = spec.pods.pending_timeout_seconds
+    started = parse_time(job.start_time)
+    if timeout is None or started is None or job.suspended or "readyAt" in entry:
+        return None
+    waited = (now - started).total_seconds()
+    if waited < timeout:
+        wake.append(timeout - waited)
+        return None
+    out.actions.append(DeleteJob(job.name))
+    message = (
+        f"{job.ready} of {job.expected} pod(s) Ready {timeout} s after Job {job.name} started "
+        f"(pods.pendingTimeoutSeconds): {job.waiting or 'no pod reported why'}"
+    )
+    return _record_failure(spec, key, entry, message, now, out)
 
 
 def _record_success(
@@ -528,22 +636,61 @@ def _record_failure(
     spec: EvoQualityRunSpec,
     key: StageKey,
     entry: dict[str, Any],
-    job: ObservedJob,
+    message: str,
     now: datetime,
     out: Outcome,
+    disrupted: bool = False,
 ) -> tuple[StageKey, str] | None:
+    """The current attempt failed: back off and retry, or fail the stage (no retry left). A
+    disruption (preemption, eviction) is retried at once and counts toward neither (JobSet's
+    `RestartJobSetAndIgnoreMaxRestarts`)."""
     attempt = entry["attempt"]
-    message = job.message or f"Job {job.name} failed"
     entry["message"] = message
-    entry["failures"] = attempt + 1
-    if attempt < spec.retries.max_retries:
-        delay = spec.retries.backoff_seconds * (2**attempt)
+    for stale in ("waiting", "waitingReason", "readyAt"):
+        entry.pop(stale, None)
+    if disrupted:
+        entry["disruptions"] = int(entry.get("disruptions", 0)) + 1
+        entry.update(state=BACKING_OFF, retryAt=iso(now))
+        out.actions.append(StageDisrupted(key, attempt, message))
+        return None
+    failures = int(entry.get("failures", 0)) + 1
+    entry["failures"] = failures
+    if failures <= spec.retries.max_retries:
+        delay = spec.retries.backoff_seconds * (2 ** (failures - 1))
         entry.update(state=BACKING_OFF, retryAt=iso(now + timedelta(seconds=delay)))
         out.actions.append(StageFailed(key, attempt, message, final=False))
         return None
     entry["state"] = FAILED
     out.actions.append(StageFailed(key, attempt, message, final=True))
     return key, message
+
+
+def refuse_create(
+    run: RunRef,
+    spec: EvoQualityRunSpec,
+    status: dict[str, Any],
+    key: StageKey,
+    attempt: int,
+    message: str,
+    now: datetime,
+) -> list[Action]:
+    """The API server refused to create an attempt's Job (4xx: a quota, a webhook, an invalid
+    field): the attempt failed with the API's message, with backoff like any failure."""
+    entry = (status.get("stages") or {}).get(key.id)
+    if entry is None or entry["attempt"] != attempt or entry["state"] not in ACTIVE_STATES:
+        return []
+    out = Outcome(status=status)
+    name = naming.job_name(run.name, key.round, key.stage, attempt)
+    failure = _record_failure(
+        spec, key, entry, f"the API server refused Job {name}: {message}", now, out
+    )
+    if failure is not None:
+        _fail(status, status["stages"], failure, now, (), out, spec)
+    else:
+        _summarise(spec, status, status["stages"], stage_plan(spec), now)
+        due = parse_time(entry["retryAt"]) or now
+        out.actions.append(RequeueAfter(max((due - now).total_seconds(), 0.0)))
+    return out.actions
 
 
 def _fail(
@@ -553,6 +700,7 @@ def _fail(
     now: datetime,
     observed: Sequence[ObservedJob],
     out: Outcome,
+    spec: EvoQualityRunSpec,
 ) -> None:
     key, message = failure
     attempts = stages[key.id]["attempt"] + 1
@@ -563,9 +711,7 @@ def _fail(
     set_condition(status, "Failed", True, "StageFailed", text, now)
     set_condition(status, "Ready", False, "Failed", text, now)
     set_condition(status, "Progressing", False, "Failed", text, now)
-    for job in observed:
-        if not job.finished and not job.suspended:
-            out.actions.append(SetJobSuspended(job.name, True))
+    out.actions.extend(_stop(spec, observed))
 
 
 def _early_stop(
@@ -623,9 +769,7 @@ def _succeed(
     set_condition(status, "Ready", True, reason, message, now)
     set_condition(status, "Progressing", False, reason, message, now)
     set_condition(status, "Failed", False, reason, message, now)
-    for job in observed:
-        if not job.finished and not job.suspended:
-            out.actions.append(SetJobSuspended(job.name, True))
+    out.actions.extend(_stop(spec, observed))
 
 
 def _fill_best(spec: EvoQualityRunSpec, status: dict[str, Any]) -> None:
@@ -663,7 +807,21 @@ def _summarise(
     status["activeStages"] = [key.id for key, _ in active]
     states = {e["state"] for _, e in active}
     anything_done = any(e["state"] == SUCCEEDED for _, e in entries)
-    described = ", ".join(f"{key.id} ({e['state']})" for key, e in active) or "nothing"
+    described = (
+        ", ".join(
+            f"{key.id} ({e['state']}: {e['waitingReason']})"
+            if e.get("waitingReason")
+            else f"{key.id} ({e['state']})"
+            for key, e in active
+        )
+        or "nothing"
+    )
+    waiting = [(key, e) for key, e in active if e.get("waiting")]
+    if waiting:
+        text = "; ".join(f"{key.id}: {e['waiting']}" for key, e in waiting)
+        set_condition(status, "PodsReady", False, waiting[0][1]["waitingReason"], text, now)
+    else:
+        set_condition(status, "PodsReady", True, "NotWaiting", "no stage's pods are waiting", now)
     if spec.suspend:
         phase, reason, message = "Suspended", "Suspended", "spec.suspend is true"
     elif RUNNING in states:

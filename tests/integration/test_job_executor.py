@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 from tests.plugins.job_executor import JobExecutor, LocalImage
@@ -183,3 +184,57 @@ def test_suspend_terminates_and_deletes_running_pods(cluster: ClusterHandle, job
     body = cluster.api.request("GET", f"{JOBS}/sleepy")
     assert body["status"]["active"] == 0
     assert [c["type"] for c in body["status"]["conditions"]] == ["Suspended"]
+
+
+def test_an_evicted_member_fails_a_two_node_gang_which_the_operator_retries_whole(
+    cluster: ClusterHandle, job_executor, tmp_path
+):
+    """The rendered 2-node train Job under the executor: one node's pod is evicted; the Job
+    fails at once (FailJob on DisruptionTarget), the other node's pod is stopped, and the
+    operator's reconcile starts a new attempt at once without counting a failure."""
+    from evoquality_operator import jobs as operator_jobs
+    from evoquality_operator.reconcile import CreateJob, RunRef, StageKey, reconcile
+
+    from evoquality.spec import parse_spec
+
+    spec = {
+        "data": {"manifest": "s3://b/pool.csv"},
+        "storage": {"uri": "s3://b/runs"},
+        "training": {"nodes": 2, "gpusPerNode": 1},
+        "retries": {"maxRetries": 0},
+    }
+    ctx = operator_jobs.RunContext(NS, "gang", "uid-1", parse_spec(spec), operator_jobs.Images())
+    key = StageKey(0, "train")
+    cluster.put(f"/api/v1/namespaces/{NS}/configmaps", operator_jobs.spec_configmap(ctx))
+    for obj in operator_jobs.stage_objects(ctx, key, 0, suspend=False):
+        plural = "services" if obj["kind"] == "Service" else "jobs"
+        group = "api/v1" if obj["kind"] == "Service" else "apis/batch/v1"
+        cluster.put(f"/{group}/namespaces/{NS}/{plural}", obj)
+    node = tmp_path / "node-bin"  # the trainer image's torchrun: a rank that trains forever
+    node.mkdir()
+    (node / "torchrun").write_text("#!/bin/sh\nexec sleep 300\n")
+    (node / "torchrun").chmod(0o755)
+    executor: JobExecutor = job_executor(NS, default_image=LocalImage(bin_dir=node), grace_s=2)
+    name = "gang-r0-train"
+    wait_for(lambda: len(executor.running(name)) == 2, timeout=30, message="both nodes running")
+    wait_for(
+        lambda: cluster.api.request("GET", f"{JOBS}/{name}").get("status", {}).get("ready") == 2,
+        message="status.ready counts both nodes",
+    )
+    executor.evict(executor.running(name)[1])
+    failed = wait_for(lambda: finished(cluster, name), timeout=30, message="the gang failed")
+    condition = next(c for c in failed["status"]["conditions"] if c["type"] == "Failed")
+    assert condition["reason"] == "PodFailurePolicy" and "DisruptionTarget" in condition["message"]
+    wait_for(lambda: not executor.active(name), timeout=30, message="the other node stopped")
+    assert len(executor.pods_of(name)) == 2  # no replacement pod joined the dead group
+
+    observed = operator_jobs.observe_job(failed)
+    assert observed.disrupted
+    status: dict[str, Any] = {"stages": {}}
+    for stage, state in (("vote", "Succeeded"), ("rank", "Succeeded"), ("train", "Running")):
+        entry = {"round": "0", "stage": stage, "attempt": 0, "state": state}
+        status["stages"][f"r0-{stage}"] = {**entry, "job": f"gang-r0-{stage}"}
+    actions, status = reconcile(RunRef(NS, "gang"), spec, status, [observed], datetime.now(UTC))
+    assert [a.name for a in actions if isinstance(a, CreateJob)] == ["gang-r0-train-a1"]
+    entry = status["stages"][key.id]
+    assert entry["disruptions"] == 1 and "failures" not in entry and status["phase"] != "Failed"

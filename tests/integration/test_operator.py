@@ -21,6 +21,7 @@ from tests.plugins.kmock_cluster import (
     ClusterHandle,
     JobController,
     free_port,
+    now_iso,
     operator,
     wait_for,
 )
@@ -358,11 +359,8 @@ def _job(cluster: ClusterHandle, name: str) -> dict[str, Any] | None:
     return None
 
 
-def test_suspend_resume_and_kueue(cluster: ClusterHandle):
+def test_suspend_and_resume(cluster: ClusterHandle):
     cluster.put(RUNS_PATH, run_manifest("plain", evaluation={"benchmarks": []}))
-    cluster.put(
-        RUNS_PATH, run_manifest("queued", evaluation={"benchmarks": []}, queueName="gpu-queue")
-    )
     controller = JobController(cluster, NS, lambda job: None)  # Jobs keep running
     with operator():
         wait_for(lambda: _job(cluster, "plain-r0-vote"), message="plain vote Job")
@@ -387,28 +385,106 @@ def test_suspend_resume_and_kueue(cluster: ClusterHandle):
         )
         wait_for(lambda: status_of(cluster, "plain").get("phase") in ("Running", "Pending"))
 
-        # Kueue: labelled, created suspended, shown as Queued, never unsuspended by us
+
+class Kueue:
+    """Plays Kueue for one queue: every suspended Job of the queue is admitted (un-suspended),
+    as Kueue does for each Workload that fits, however often the Job is suspended again."""
+
+    def __init__(self, cluster: ClusterHandle, queue: str) -> None:
+        self.cluster, self.queue = cluster, queue
+
+    def admit(self) -> list[str]:
+        admitted = []
+        for job in self.cluster.api.list(
+            "batch/v1", "Job", NS, f"kueue.x-k8s.io/queue-name={self.queue}"
+        ):
+            if job["spec"].get("suspend"):
+                self.cluster.api.request(
+                    "PATCH",
+                    f"/apis/batch/v1/namespaces/{NS}/jobs/{job['metadata']['name']}",
+                    body={"spec": {"suspend": False}},
+                    content_type="application/merge-patch+json",
+                )
+                admitted.append(job["metadata"]["name"])
+        return admitted
+
+
+def _annotate(cluster: ClusterHandle, run: str, **annotations: str) -> None:
+    """`kubectl annotate`: an update of the run, which the operator reconciles."""
+    cluster.api.request(
+        "PATCH",
+        f"{RUNS_PATH}/{run}",
+        body={"metadata": {"annotations": annotations}},
+        content_type="application/merge-patch+json",
+    )
+
+
+def _reconciles(cluster: ClusterHandle, run: str) -> int:
+    """Passes the operator made for `run` (each lists the run's Jobs once)."""
+    return sum(
+        f"evoquality.io/run={run}" in p.get("labelSelector", "")
+        for p in cluster.operator_reads("jobs")
+    )
+
+
+def test_kueue_stop_is_one_write_over_50_reconciles_and_resume_counts_no_failure(
+    cluster: ClusterHandle,
+):
+    cluster.put(
+        RUNS_PATH,
+        run_manifest(
+            "queued", evaluation={"benchmarks": []}, queueName="gpu-queue",
+            priorityClass="research-low",
+        ),
+    )  # fmt: skip
+    kueue = Kueue(cluster, "gpu-queue")
+    controller = JobController(cluster, NS, lambda job: None)  # admitted Jobs keep running
+    with operator():
         queued = wait_for(lambda: _job(cluster, "queued-r0-vote"), message="queued Job")
-        assert queued["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
-        assert queued["spec"]["suspend"] is True
+        labels = queued["metadata"]["labels"]
+        assert labels["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+        assert labels["kueue.x-k8s.io/priority-class"] == "research-low"
+        assert queued["spec"]["suspend"] is True  # created suspended: Kueue admits
         wait_for(lambda: status_of(cluster, "queued").get("phase") == "Queued")
-        assert _job(cluster, "queued-r0-vote")["spec"]["suspend"] is True
-        # Kueue admits it
-        cluster.api.request(
-            "PATCH",
-            f"/apis/batch/v1/namespaces/{NS}/jobs/queued-r0-vote",
-            body={"spec": {"suspend": False}, "status": {"active": 1}},
-            content_type="application/merge-patch+json",
-        )
+        assert kueue.admit() == ["queued-r0-vote"]
+        controller.tick()  # the Job controller starts it: a Ready pod
         wait_for(lambda: status_of(cluster, "queued").get("phase") == "Running")
-        # Kueue evicts it (suspends again): Queued, not Failed
-        cluster.api.request(
-            "PATCH",
-            f"/apis/batch/v1/namespaces/{NS}/jobs/queued-r0-vote",
-            body={"spec": {"suspend": True}, "status": {"active": 0}},
-            content_type="application/merge-patch+json",
+
+        writes_before = len(cluster.operator_writes("jobs"))
+        _patch_spec(cluster, "queued", {"suspend": True})
+        for poke in range(50):  # Kueue admits whatever is suspended; the operator reconciles
+            kueue.admit()
+            seen = _reconciles(cluster, "queued")
+            _annotate(cluster, "queued", poke=str(poke))
+            wait_for(lambda n=seen: _reconciles(cluster, "queued") > n, message="a reconcile")
+        assert cluster.operator_writes("jobs")[writes_before:] == [("DELETE", "queued-r0-vote")]
+        assert _job(cluster, "queued-r0-vote") is None
+        assert status_of(cluster, "queued")["phase"] == "Suspended"
+
+        _patch_spec(cluster, "queued", {"suspend": False})  # resume: the same attempt again
+        again = wait_for(lambda: _job(cluster, "queued-r0-vote"), message="the Job again")
+        assert again["spec"]["suspend"] is True
+        kueue.admit()
+        JobController(cluster, NS, lambda job: None).tick()  # a new Job of the same name
+        wait_for(lambda: status_of(cluster, "queued").get("phase") == "Running")
+        entry = status_of(cluster, "queued")["stages"]["r0-vote"]
+        assert entry["attempt"] == 0 and "failures" not in entry and "retryAt" not in entry
+        assert cluster.created("jobs").count("queued-r0-vote") == 2
+
+        # queueName is fixed once Jobs exist: refused, nothing else changes
+        _patch_spec(cluster, "queued", {"queueName": "other-queue"})
+        valid = wait_for(
+            lambda: next(
+                (c for c in status_of(cluster, "queued")["conditions"]
+                 if c["type"] == "SpecValid" and c["status"] == "False"), None,
+            ),
+            message="the queue change refused",
+        )  # fmt: skip
+        assert valid["reason"] == "QueueNameChanged"
+        assert (
+            _job(cluster, "queued-r0-vote")["metadata"]["labels"]["kueue.x-k8s.io/queue-name"]
+            == "gpu-queue"
         )
-        wait_for(lambda: status_of(cluster, "queued").get("phase") == "Queued")
 
 
 def test_invalid_spec_and_deletion(cluster: ClusterHandle):
@@ -505,3 +581,126 @@ def test_a_deleted_runs_spec_configmap_is_not_adopted(cluster: ClusterHandle):
         spec_map = cluster.api.request("GET", f"{configmaps}/demo-spec")
         uid = cluster.api.get_run(NS, "demo")["metadata"]["uid"]
         assert [o["uid"] for o in spec_map["metadata"]["ownerReferences"]] == [uid]
+
+
+def _pod_for(job: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+    """The pod the Job controller creates for `job`: the template's labels and job-name."""
+    name = job["metadata"]["name"]
+    labels = {**job["spec"]["template"]["metadata"]["labels"], "job-name": name}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"{name}-0-abcde", "namespace": NS, "labels": labels},
+        "spec": {"containers": [{"name": "stage", "image": "registry.local/voter:1"}]},
+        "status": status,
+    }
+
+
+def _waiting(cluster: ClusterHandle, run: str, reason: str) -> dict[str, Any]:
+    """Wait until the run's PodsReady condition and a Warning Event both name `reason`."""
+
+    def shown() -> dict[str, Any] | None:
+        status = status_of(cluster, run)
+        ready = next((c for c in status.get("conditions", []) if c["type"] == "PodsReady"), None)
+        if ready is None or ready["reason"] != reason:
+            return None
+        events = [e for e in cluster.events(NS, run) if e["reason"] == reason]
+        return ready if events and events[0]["type"] == "Warning" else None
+
+    return wait_for(shown, message=f"{reason} in status and an Event")
+
+
+def test_a_run_says_why_its_pods_wait(cluster: ClusterHandle):
+    cluster.put(RUNS_PATH, run_manifest("waits", evaluation={"benchmarks": []}))
+    pods = f"/api/v1/namespaces/{NS}/pods"
+    with operator():
+        job = wait_for(lambda: _job(cluster, "waits-r0-vote"), message="vote Job")
+        started = {"Normal"} == {
+            e["type"] for e in cluster.events(NS, "waits") if e["reason"] == "StageStarted"
+        }
+        assert started
+        cluster.api.request(  # the Job controller started it: a pod exists, none is Ready
+            "PATCH", f"/apis/batch/v1/namespaces/{NS}/jobs/waits-r0-vote/status",
+            body={"status": {"active": 1, "ready": 0, "startTime": now_iso()}},
+            content_type="application/merge-patch+json",
+        )  # fmt: skip
+        unschedulable = {
+            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": "0/4 nodes are available: 4 Insufficient nvidia.com/gpu.",
+        }  # fmt: skip
+        cluster.put(pods, _pod_for(job, {"phase": "Pending", "conditions": [unschedulable]}))
+        ready = _waiting(cluster, "waits", "Unschedulable")  # the scheduler's condition
+        assert "Insufficient nvidia.com/gpu" in ready["message"]
+        entry = status_of(cluster, "waits")["stages"]["r0-vote"]
+        assert entry["state"] == "Pending" and entry["waitingReason"] == "Unschedulable"
+
+        def kubelet(reason: str, message: str) -> None:  # the container's waiting state
+            waiting = {"waiting": {"reason": reason, "message": message}}
+            cluster.api.request(
+                "PATCH", f"{pods}/waits-r0-vote-0-abcde",
+                body={"status": {
+                    "conditions": [{"type": "PodScheduled", "status": "True"}],
+                    "containerStatuses": [{"name": "stage", "ready": False, "state": waiting}],
+                }},
+                content_type="application/merge-patch+json",
+            )  # fmt: skip
+
+        kubelet("ImagePullBackOff", 'Back-off pulling image "registry.local/voter:1"')
+        assert "Back-off pulling" in _waiting(cluster, "waits", "ImagePullBackOff")["message"]
+        kubelet("CreateContainerConfigError", 'secret "s3-creds" not found')
+        config = _waiting(cluster, "waits", "CreateContainerConfigError")
+        assert 'secret "s3-creds" not found' in config["message"]
+
+        # no pod at all: the Job controller's FailedCreate Event on the Job says why
+        cluster.put(
+            f"/api/v1/namespaces/{NS}/events",
+            {
+                "apiVersion": "v1", "kind": "Event", "metadata": {"name": "waits-r0-vote.1"},
+                "involvedObject": {"kind": "Job", "name": "waits-r0-vote", "namespace": NS},
+                "type": "Warning", "reason": "FailedCreate",
+                "message": 'Error creating: pods "waits-r0-vote-0-x" is forbidden: exceeded '
+                "quota: gpu-quota",
+                "lastTimestamp": "2025-01-01T00:01:00Z",
+            },
+        )  # fmt: skip
+        cluster.api.request("DELETE", f"{pods}/waits-r0-vote-0-abcde")
+        _annotate(cluster, "waits", poke="1")  # as the resync timer would
+        assert "exceeded quota: gpu-quota" in _waiting(cluster, "waits", "FailedCreate")["message"]
+
+        cluster.api.request(  # a Ready pod at last: running, nothing waits
+            "PATCH", f"/apis/batch/v1/namespaces/{NS}/jobs/waits-r0-vote/status",
+            body={"status": {"ready": 1}}, content_type="application/merge-patch+json",
+        )  # fmt: skip
+        wait_for(lambda: status_of(cluster, "waits").get("phase") == "Running")
+        ready = next(
+            c for c in status_of(cluster, "waits")["conditions"] if c["type"] == "PodsReady"
+        )
+        assert ready["status"] == "True"
+    # the pod watch asks the API server for the operator's pods only
+    watches = [p for p in cluster.operator_reads("pods") if p.get("watch") in ("true", "1", True)]
+    assert watches and all(p.get("labelSelector") == MANAGED for p in watches)
+
+
+def test_a_quota_refusal_fails_the_stage_with_the_apis_message(cluster: ClusterHandle):
+    quota = (
+        'jobs "quota-r0-vote" is forbidden: exceeded quota: gpu-quota, requested: '
+        "nvidia.com/gpu=1, used: nvidia.com/gpu=8, limited: nvidia.com/gpu=8"
+    )
+
+    def admission(plural: str, obj: dict[str, Any]) -> tuple[int, str, str] | None:
+        refused = plural == "jobs" and obj["metadata"]["name"].startswith("quota-")
+        return (403, "Forbidden", quota) if refused else None
+
+    cluster.set_admission(admission)
+    cluster.put(RUNS_PATH, run_manifest("quota", evaluation={"benchmarks": []}))
+    with operator():
+        wait_for(lambda: status_of(cluster, "quota").get("phase") == "Failed", timeout=30)
+        status = status_of(cluster, "quota")
+        failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+        assert "exceeded quota: gpu-quota" in failed["message"] and "403" in failed["message"]
+        assert status["stages"]["r0-vote"]["failures"] == 2  # maxRetries 1, with backoff
+        warnings = [e for e in cluster.events(NS, "quota") if e["reason"] == "StageFailed"]
+        assert len(warnings) == 2 and {e["type"] for e in warnings} == {"Warning"}
+    # two attempts, each refused once: no request storm
+    posts = [n for m, n in cluster.operator_writes("jobs") if m == "POST"]
+    assert len(posts) == 2

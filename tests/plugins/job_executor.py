@@ -132,6 +132,7 @@ class PodRun:
     env: dict[str, str] = field(default_factory=dict)
     started_at: float | None = None  # monotonic
     ended_at: float | None = None
+    disrupted: bool = False  # evicted or preempted (DisruptionTarget)
 
     @property
     def log_path(self) -> Path:
@@ -248,6 +249,21 @@ class JobExecutor:
             target = found[0]
         target.send_signal(sig)
         return target.pid
+
+    def evict(self, pod: PodRun) -> None:
+        """Evict a running pod as the kubelet or a preemption does: the pod gets the condition
+        `DisruptionTarget=True`, then its container is stopped (SIGTERM, SIGKILL after grace)."""
+        pod.disrupted = True
+        condition = {
+            "type": "DisruptionTarget",
+            "status": "True",
+            "reason": "TerminationByKubelet",
+            "message": "The node was low on resource: memory.",
+            "lastTransitionTime": now_iso(),
+        }
+        with self._lock:
+            self._patch_pod(pod, {"conditions": [condition]})
+        threading.Thread(target=self._kill, args=(pod,), daemon=True).start()
 
     def describe(self) -> str:
         """Every pod's outcome and log tail (for assertion messages)."""
@@ -548,7 +564,11 @@ class JobExecutor:
             if ok:
                 state.tracker.pod_succeeded(pod.index)
             else:
-                state.tracker.pod_failed(pod.index, ks.PodExit(pod.exit_code, container))
+                conditions = frozenset({"DisruptionTarget"} if pod.disrupted else ())
+                exit_ = ks.PodExit(
+                    pod.exit_code, container, conditions, f"{self.namespace}/{pod.name}"
+                )
+                state.tracker.pod_failed(pod.index, exit_)
                 state.not_before[pod.index] = time.monotonic() + self.retry_delay_s
 
     def _termination_message(self, pod: PodRun) -> str:
@@ -593,6 +613,7 @@ class JobExecutor:
     def _write_status(self, name: str, state: _JobState, suspended: bool) -> None:
         tracker = state.tracker
         status = tracker.status()
+        status["ready"] = len(self.running(name))  # a started container counts as Ready
         if state.start_time:
             status["startTime"] = state.start_time
         conditions = []

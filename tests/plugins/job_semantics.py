@@ -126,6 +126,7 @@ class PodExit:
     exit_code: int
     container: str = ""
     conditions: frozenset[str] = frozenset()
+    pod: str = ""  # namespace/name, for the Job's condition message
 
 
 def _rule_matches(rule: Mapping[str, Any], pod: PodExit) -> bool:
@@ -141,12 +142,18 @@ def _rule_matches(rule: Mapping[str, Any], pod: PodExit) -> bool:
     )
 
 
+def matching_rule(policy: Mapping[str, Any] | None, pod: PodExit) -> int | None:
+    """The index of the first `podFailurePolicy` rule that matches the failed pod."""
+    for index, rule in enumerate((policy or {}).get("rules") or ()):
+        if _rule_matches(rule, pod):
+            return index
+    return None
+
+
 def failure_action(policy: Mapping[str, Any] | None, pod: PodExit) -> str:
     """The action of the first matching rule; `Count` when none matches or there is no policy."""
-    for rule in (policy or {}).get("rules") or ():
-        if _rule_matches(rule, pod):
-            return rule["action"]
-    return COUNT
+    index = matching_rule(policy, pod)
+    return COUNT if index is None else policy["rules"][index]["action"]  # type: ignore[index]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,8 +241,16 @@ class JobTracker:
         action = failure_action(self.policy, pod)
         if action == IGNORE:
             return action
-        if action == FAIL_JOB:
-            self._fail("PodFailurePolicy", f"pod failed with exit code {pod.exit_code}")
+        if action == FAIL_JOB:  # the Job controller's wording (pkg/controller/job)
+            rule = matching_rule(self.policy, pod)
+            why = (
+                f"Pod {pod.pod} has condition DisruptionTarget"
+                if "DisruptionTarget" in pod.conditions
+                and not (self.policy or {})["rules"][rule].get("onExitCodes")
+                else f"Container {pod.container} for pod {pod.pod} failed with exit code "
+                f"{pod.exit_code}"
+            )
+            self._fail("PodFailurePolicy", f"{why} matching FailJob rule at index {rule}")
             return action
         if self.per_index_limit is not None:
             self.failures[index] = self.failures.get(index, 0) + 1

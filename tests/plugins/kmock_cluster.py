@@ -154,6 +154,11 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     created_at: list[tuple[str, str | None, str, float]] = attrs.field(factory=list, init=False)
     # (resource plural, query parameters) of every list and watch request the operator made
     operator_reads: list[tuple[str, dict[str, str]]] = attrs.field(factory=list, init=False)
+    # (resource plural, HTTP method, object name) of every write the operator made
+    operator_writes: list[tuple[str, str, str | None]] = attrs.field(factory=list, init=False)
+    # admission(plural, object) -> None, or (status, reason, message) to refuse a create as a
+    # quota, a webhook or validation would (the API server's 4xx with a Status body)
+    admission: Callable[[str, dict[str, Any]], tuple[int, str, str] | None] | None = None
     # called (on the emulator's loop) after every successful write: the test's controllers wake
     listeners: list[Callable[[], None]] = attrs.field(factory=list, init=False)
 
@@ -176,8 +181,12 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             sub = f"/{request.subresource}" if request.subresource else ""
             agent = request.headers.get("User-Agent", "")
             action = request.action.name if request.action is not None else None
-            if action in ("LIST", "WATCH") and agent.startswith(rbac_record.OPERATOR_AGENTS):
-                self.operator_reads.append((str(resource.plural), dict(request.params or {})))
+            if agent.startswith(rbac_record.OPERATOR_AGENTS):
+                if action in ("LIST", "WATCH"):
+                    self.operator_reads.append((str(resource.plural), dict(request.params or {})))
+                elif action in ("CREATE", "UPDATE", "DELETE"):
+                    plural = f"{resource.plural}{sub}"
+                    self.operator_writes.append((plural, request.method, request.name))
             rbac_record.record(
                 agent, request.method, action, resource.group or "", f"{resource.plural}{sub}"
             )
@@ -210,6 +219,11 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         if creating and isinstance(data, dict):
             meta = data.get("metadata") or {}
             where = (str(resource.plural), meta.get("namespace"), meta.get("name"))
+            refusal = self.admission(str(resource.plural), data) if self.admission else None
+            if refusal is not None:
+                self.conflicts.append(where)
+                code, reason, message = refusal
+                raise kmock.KubernetesError(status=code, reason=reason, message=message)
         try:
             response = await super()._handle(request)
         except kmock.KubernetesError:
@@ -356,6 +370,24 @@ class ClusterHandle:
         assert self.emulator is not None
         return self.call(lambda: [p for r, p in self.emulator.operator_reads if r == plural])
 
+    def operator_writes(self, plural: str) -> list[tuple[str, str | None]]:
+        """(HTTP method, name) of the operator's writes to ``plural`` (e.g. ``jobs``)."""
+        assert self.emulator is not None
+        return self.call(
+            lambda: [(m, n) for r, m, n in self.emulator.operator_writes if r == plural]
+        )
+
+    def set_admission(
+        self, admission: Callable[[str, dict[str, Any]], tuple[int, str, str] | None] | None
+    ) -> None:
+        """Refuse creates as `admission(plural, object)` says (see `ClusterEmulator`)."""
+        assert self.emulator is not None
+        self.call(lambda: setattr(self.emulator, "admission", admission))
+
+    def events(self, namespace: str, involved: str) -> list[dict[str, Any]]:
+        """The Events about the object named ``involved``."""
+        return self.api.list("v1", "Event", namespace, "", f"involvedObject.name={involved}")
+
     def put(self, path: str, obj: dict[str, Any]) -> dict[str, Any]:
         """POST an object (path: the collection URL)."""
         return self.api.request("POST", path, body=obj)
@@ -475,7 +507,7 @@ class JobController:
                 self.cluster.api.request(
                     "PATCH",
                     self._job_path(name),
-                    body={"status": {"active": 1, "startTime": now_iso()}},
+                    body={"status": {"active": 1, "ready": 1, "startTime": now_iso()}},
                     content_type="application/merge-patch+json",
                 )
                 continue
@@ -529,6 +561,7 @@ class JobController:
         condition = "Complete" if verdict == "succeed" else "Failed"
         status = {
             "active": 0,
+            "ready": 0,
             "completionTime": now_iso() if verdict == "succeed" else None,
             "conditions": [
                 {

@@ -61,7 +61,10 @@ def _whole_suite(config) -> bool:
     import pytest
 
     by_default = config.args_source == pytest.Config.ArgsSource.TESTPATHS or config.args in (
-        [], [str(ROOT)], ["tests"], [str(ROOT / "tests")]
+        [],
+        [str(ROOT)],
+        ["tests"],
+        [str(ROOT / "tests")],
     )
     return by_default and not config.getoption("keyword") and not config.getoption("markexpr")
 

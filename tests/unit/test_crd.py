@@ -2,9 +2,11 @@
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from evoquality.crd import build_crd, render_crd
+from evoquality.spec import SpecError, parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,3 +84,30 @@ def test_cel_rules_keep_the_spec_immutable_but_suspend_and_queue_name():
     assert not _allowed(old, {**old, "training": {"beta": 0.1}})  # an optional section added
     assert not _allowed({**old, "training": {"beta": 0.1}}, old)  # ... or removed
     assert _allowed({**old, "suspend": True}, old)  # a mutable field removed
+
+
+def _crd_errors(spec: dict) -> list[str]:
+    """What the API server's schema validation says of a spec (OpenAPI v3.0 is draft 4 with
+    `nullable`; the x-kubernetes-* keys are not validation keywords here)."""
+    import jsonschema
+
+    schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    return [e.message for e in jsonschema.Draft4Validator(schema).iter_errors(spec)]
+
+
+def test_the_crd_refuses_a_resource_quantity_kubernetes_would_not_parse():
+    base = {"data": {"manifest": "s3://b/pool.csv"}, "storage": {"uri": "s3://b/runs"}}
+    good = {**base, "pods": {"train": {"resources": {"limits": {"memory": "64Gi", "cpu": "500m"}}}}}
+    assert _crd_errors(good) == []
+    bad = {**base, "pods": {"train": {"resources": {"requests": {"memory": "64GB"}}}}}
+    (error,) = _crd_errors(bad)
+    assert "'64GB' does not match" in error
+    with pytest.raises(SpecError, match="pattern"):  # the operator and `evoquality run` too
+        parse_spec(bad)
+
+
+def test_conditions_are_a_map_keyed_by_type():
+    status = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    conditions = status["properties"]["conditions"]
+    assert conditions["x-kubernetes-list-type"] == "map"
+    assert conditions["x-kubernetes-list-map-keys"] == ["type"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -376,7 +377,9 @@ def test_other_stages_leave_retries_to_the_operator(stage, training):
     spec = jobs.stage_job(ctx(training=training), StageKey(0, stage), 0, suspend=False)["spec"]
     assert spec["backoffLimit"] == 0
     assert "backoffLimitPerIndex" not in spec and "maxFailedIndexes" not in spec
-    assert spec["podFailurePolicy"] == {"rules": list(jobs.DISRUPTION_RULES)}
+    gang = training.get("nodes", 1) > 1  # a replaced member cannot join a static torchrun group
+    rules = jobs.GANG_DISRUPTION_RULES if gang else jobs.DISRUPTION_RULES
+    assert spec["podFailurePolicy"] == {"rules": list(rules)}
 
 
 def test_the_stage_learns_its_termination_message_path():
@@ -429,3 +432,106 @@ def test_finished_jobs_are_deleted_after_a_day_unless_the_run_keeps_them():
     assert "ttlSecondsAfterFinished" not in jobs.stage_job(kept, key, 0, False)["spec"]
     with pytest.raises(SpecError, match="ttlSecondsAfterFinished"):
         ctx(pods={"ttlSecondsAfterFinished": 60})  # deleted before the operator reads it
+
+
+def test_kueue_labels_carry_the_priority_class():
+    job = jobs.stage_job(
+        ctx(queueName="gpu-queue", priorityClass="research-low"), StageKey(0, "rank"), 0, True
+    )
+    labels = job["metadata"]["labels"]
+    assert labels["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    assert labels["kueue.x-k8s.io/priority-class"] == "research-low"
+    with pytest.raises(SpecError, match="priorityClass .* needs queueName"):
+        ctx(priorityClass="research-low")
+
+
+def _waiting_pod(state=None, conditions=(), phase="Pending"):
+    status = {"phase": phase, "conditions": list(conditions)}
+    if state is not None:
+        status["containerStatuses"] = [{"name": "stage", "ready": False, "state": state}]
+    return {"metadata": {"name": "demo-r0-vote-0-abcde"}, "status": status}
+
+
+@pytest.mark.parametrize(
+    ("pod", "reason", "detail"),
+    [
+        (
+            _waiting_pod(
+                {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling"}}
+            ),
+            "ImagePullBackOff",
+            "Back-off pull",
+        ),
+        (
+            _waiting_pod(
+                {
+                    "waiting": {
+                        "reason": "CreateContainerConfigError",
+                        "message": 'secret "s3-creds" not found',
+                    }
+                }  # fmt: skip
+            ),
+            "CreateContainerConfigError",
+            's3-creds" not found',
+        ),
+        (
+            _waiting_pod(
+                conditions=[
+                    {
+                        "type": "PodScheduled",
+                        "status": "False",
+                        "reason": "Unschedulable",
+                        "message": "0/4 nodes are available: 4 Insufficient nvidia.com/gpu.",
+                    }
+                ]
+            ),  # fmt: skip
+            "Unschedulable",
+            "Insufficient nvidia.com/gpu",
+        ),
+    ],
+)
+def test_why_a_pod_waits_is_read_from_its_status(pod, reason, detail):
+    found = jobs.waiting_signal([pod])
+    assert found is not None and found[0] == reason
+    assert detail in found[1] and "demo-r0-vote-0-abcde" in found[1]
+
+
+def test_normal_waiting_and_finished_pods_are_no_signal_and_events_explain_missing_pods():
+    creating = _waiting_pod({"waiting": {"reason": "ContainerCreating"}})
+    failed = _waiting_pod({"waiting": {"reason": "ErrImagePull"}}, phase="Failed")
+    assert jobs.waiting_signal([creating, failed]) is None
+    events = [
+        {"reason": "SuccessfulCreate", "message": "x", "lastTimestamp": "2025-01-01T00:00:09Z"},
+        {"reason": "FailedCreate", "involvedObject": {"kind": "Job", "name": "demo-r0-vote"},
+         "message": "old", "lastTimestamp": "2025-01-01T00:00:01Z"},
+        {"reason": "FailedCreate", "involvedObject": {"kind": "Job", "name": "demo-r0-vote"},
+         "message": 'pods "demo-r0-vote-0-x" is forbidden: exceeded quota: gpu',
+         "lastTimestamp": "2025-01-01T00:00:05Z"},
+    ]  # fmt: skip
+    reason, text = jobs.waiting_signal([], events)
+    assert reason == "FailedCreate" and "exceeded quota: gpu" in text and "old" not in text
+
+
+def test_a_gang_failed_by_a_disruption_is_observed_as_disrupted():
+    job = jobs.stage_job(ctx(training={"nodes": 2}), StageKey(0, "train"), 0, suspend=False)
+    failed = {
+        **job,
+        "status": {
+            "failed": 1,
+            "ready": 1,
+            "conditions": [
+                {
+                    "type": "Failed",
+                    "status": "True",
+                    "reason": "PodFailurePolicy",
+                    "message": "Pod ml/demo-r0-train-1-x has condition DisruptionTarget matching "
+                    "FailJob rule at index 0",
+                }
+            ],
+        },
+    }
+    observed = jobs.observe_job(failed)
+    assert observed.state == "Failed" and observed.disrupted and observed.expected == 2
+    crashed = copy.deepcopy(failed)
+    crashed["status"]["conditions"][0].update(reason="BackoffLimitExceeded", message="")
+    assert not jobs.observe_job(crashed).disrupted

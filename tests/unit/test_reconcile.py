@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -9,19 +10,23 @@ import pytest
 from evoquality_operator.reconcile import (
     BASE_EVAL,
     CreateJob,
+    DeleteJob,
     EnsureSpecConfigMap,
     ObservedJob,
     RequeueAfter,
     RunRef,
     SetJobSuspended,
+    StageDisrupted,
     StageFailed,
     StageKey,
     StageRetried,
     StageStarted,
     StageSucceeded,
+    StageWaiting,
     condition,
     dependencies,
     reconcile,
+    refuse_create,
     stage_plan,
 )
 
@@ -84,6 +89,7 @@ def job(action: CreateJob, state: str = "Running", **kw: Any) -> ObservedJob:
         attempt=action.attempt,
         state=state,
         suspended=kw.pop("suspended", action.suspend),
+        ready=kw.pop("ready", 1 if state == "Running" else 0),  # a running Job's pod is Ready
         **kw,
     )
 
@@ -371,11 +377,190 @@ def test_kueue_jobs_are_created_suspended_and_never_unsuspended():
     # admitted by Kueue
     actions, status = reconcile(RUN, spec, status, [job(vote, "Running", suspended=False)], T0)
     assert actions == [] and status["phase"] == "Running"
-    # spec.suspend still suspends under Kueue
-    actions, _ = reconcile(
-        RUN, {**spec, "suspend": True}, status, [job(vote, "Running", suspended=False)], T0
+
+
+class KueueCluster:
+    """Jobs as Kueue and the Job controller keep them: Kueue un-suspends every suspended Job of
+    its queue (admission), a suspend patch is a write, a delete removes the Job."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, ObservedJob] = {}
+        self.writes: list[object] = []
+
+    def apply(self, actions) -> None:
+        for action in actions:
+            if isinstance(action, CreateJob):
+                self.jobs[action.name] = job(action, "Pending", suspended=True)
+            elif isinstance(action, SetJobSuspended):
+                self.writes.append(action)
+                self.jobs[action.name] = replace(self.jobs[action.name], suspended=action.suspend)
+            elif isinstance(action, DeleteJob):
+                self.writes.append(action)
+                del self.jobs[action.name]
+
+    def admit(self) -> None:
+        for name, observed in self.jobs.items():
+            if observed.suspended and not observed.finished:
+                self.jobs[name] = replace(observed, suspended=False, state="Running", ready=1)
+
+
+@pytest.mark.parametrize("stop", ["suspend", "run failed"])
+def test_kueue_stop_is_one_write_over_50_reconciles_and_resume_is_no_failure(stop):
+    spec = make_spec(
+        evaluation={"benchmarks": []}, queueName="gpu-queue", retries={"maxRetries": 0}
     )
-    assert actions == [SetJobSuspended("demo-r0-vote", True)]
+    cluster = KueueCluster()
+    actions, status = reconcile(RUN, spec, {}, [], T0)
+    cluster.apply(actions)
+    cluster.admit()
+    _, status = reconcile(RUN, spec, status, list(cluster.jobs.values()), T0)
+    assert status["stages"]["r0-vote"]["state"] == "Running"
+    stopped = {**spec, "suspend": True} if stop == "suspend" else spec
+    if stop == "run failed":  # a stage failed for good while vote runs: the run is Failed
+        status["phase"] = "Failed"
+    for _ in range(50):
+        actions, status = reconcile(RUN, stopped, status, list(cluster.jobs.values()), T0)
+        cluster.apply(actions)
+        cluster.admit()  # Kueue admits whatever is suspended
+    assert cluster.writes == [DeleteJob("demo-r0-vote")]
+    assert cluster.jobs == {}
+    if stop == "run failed":
+        return
+    assert status["phase"] == "Suspended" and status["stages"]["r0-vote"]["state"] == "Suspended"
+    # resume: the same attempt again, created suspended for Kueue; no failure, no backoff
+    actions, status = reconcile(RUN, spec, status, [], T0)
+    assert [(c.name, c.suspend) for c in creates(actions)] == [("demo-r0-vote", True)]
+    assert not [a for a in actions if isinstance(a, StageFailed | StageRetried)]
+    entry = status["stages"]["r0-vote"]
+    assert entry["attempt"] == 0 and "failures" not in entry and "retryAt" not in entry
+
+
+def test_a_stopped_job_that_is_still_going_away_is_not_created_again():
+    spec = make_spec(evaluation={"benchmarks": []}, queueName="gpu-queue")
+    actions, status = reconcile(RUN, spec, {}, [], T0)
+    going = job(creates(actions)[0], "Running", suspended=False, deleting=True)
+    actions, status = reconcile(RUN, spec, status, [going], T0)
+    assert actions == [] and status["stages"]["r0-vote"]["state"] == "Pending"
+    actions, _ = reconcile(RUN, spec, status, [], T0)  # gone: created again
+    assert [c.name for c in creates(actions)] == ["demo-r0-vote"]
+
+
+def test_queue_name_is_fixed_once_the_run_has_jobs():
+    spec = make_spec(evaluation={"benchmarks": []}, queueName="gpu-queue")
+    actions, status = reconcile(RUN, spec, {}, [], T0)
+    vote = job(creates(actions)[0], "Running", suspended=False)
+    _, status = reconcile(RUN, spec, status, [vote], T0)
+    assert status["queueName"] == "gpu-queue"
+    for other in ("cpu-queue", None):
+        actions, changed = reconcile(RUN, {**spec, "queueName": other}, status, [vote], T0)
+        assert actions == [] and changed["stages"] == status["stages"]
+        valid = condition(changed, "SpecValid")
+        assert valid["status"] == "False" and valid["reason"] == "QueueNameChanged"
+        assert "gpu-queue" in valid["message"]
+    _, back = reconcile(RUN, spec, changed, [vote], T0)  # set back: valid again
+    assert condition(back, "SpecValid")["status"] == "True"
+    plain = make_spec(evaluation={"benchmarks": []})
+    _, status = reconcile(RUN, plain, {}, [], T0)
+    assert status["queueName"] == ""  # no queue is fixed too
+    _, changed = reconcile(RUN, {**plain, "queueName": "gpu-queue"}, status, [], T0)
+    assert condition(changed, "SpecValid")["reason"] == "QueueNameChanged"
+
+
+def test_a_disrupted_gang_attempt_is_retried_at_once_without_counting():
+    spec = make_spec(evaluation={"benchmarks": []}, retries={"maxRetries": 0, "backoffSeconds": 60})
+    actions, status = reconcile(RUN, spec, {}, [], T0)
+    vote = creates(actions)[0]
+    evicted = job(vote, "Failed", message="DisruptionTarget", disrupted=True)
+    actions, status = reconcile(RUN, spec, status, [evicted], T0)
+    assert [c.name for c in creates(actions)] == ["demo-r0-vote-a1"]  # at once, no backoff
+    assert [type(a) for a in actions if isinstance(a, StageFailed | StageDisrupted)] == [
+        StageDisrupted
+    ]
+    entry = status["stages"]["r0-vote"]
+    assert entry["disruptions"] == 1 and "failures" not in entry and status["phase"] != "Failed"
+    # a real failure of the next attempt still fails the stage (maxRetries 0)
+    failed = job(creates(actions)[0], "Failed", message="boom")
+    _, status = reconcile(RUN, spec, status, [evicted, failed], T0)
+    assert status["phase"] == "Failed" and status["stages"]["r0-vote"]["failures"] == 1
+
+
+def test_pods_not_ready_within_the_pending_timeout_fail_the_attempt():
+    spec = make_spec(
+        evaluation={"benchmarks": []},
+        training={"nodes": 2, "gpusPerNode": 1},
+        pods={"pendingTimeoutSeconds": 600},
+    )
+    actions, status = reconcile(RUN, spec, {}, [], T0)
+    vote = creates(actions)[0]
+    start = T0.strftime("%Y-%m-%dT%H:%M:%SZ")
+    waiting = job(
+        vote, "Running", ready=0, start_time=start, waiting_reason="Unschedulable",
+        waiting="pod demo-r0-vote-0: Unschedulable: 0/4 nodes are available",
+    )  # fmt: skip
+    actions, status = reconcile(RUN, spec, status, [waiting], T0 + timedelta(seconds=100))
+    assert [a.seconds for a in actions if isinstance(a, RequeueAfter)] == [500.0]
+    assert status["stages"]["r0-vote"]["state"] == "Pending"
+    actions, status = reconcile(RUN, spec, status, [waiting], T0 + timedelta(seconds=601))
+    assert DeleteJob("demo-r0-vote") in actions
+    entry = status["stages"]["r0-vote"]
+    assert entry["state"] == "BackingOff" and entry["failures"] == 1
+    assert "0 of 1 pod(s) Ready 600 s after" in entry["message"]
+    assert "Unschedulable: 0/4 nodes" in entry["message"]
+    # a gang: every node's pod must be Ready; once they were, the attempt runs unbounded
+    _, status = reconcile(RUN, spec, {}, [], T0)
+    half = job(vote, "Running", ready=1, expected=2, start_time=start)
+    actions, _ = reconcile(RUN, spec, status, [half], T0 + timedelta(seconds=601))
+    assert DeleteJob("demo-r0-vote") in actions
+    whole = job(vote, "Running", ready=2, expected=2, start_time=start)
+    _, status = reconcile(RUN, spec, status, [whole], T0 + timedelta(seconds=10))
+    actions, status = reconcile(RUN, spec, status, [half], T0 + timedelta(hours=20))
+    assert (
+        not [a for a in actions if isinstance(a, DeleteJob)]
+        and "readyAt" in (status["stages"]["r0-vote"])
+    )
+
+
+def test_why_pods_wait_is_in_the_stage_a_condition_and_one_event():
+    spec = make_spec(evaluation={"benchmarks": []})
+    actions, status = reconcile(RUN, spec, {}, [], T0)
+    vote = creates(actions)[0]
+    text = 'pod demo-r0-vote-0: ImagePullBackOff: Back-off pulling image "voter:9"'
+    waiting = job(vote, "Running", ready=0, waiting_reason="ImagePullBackOff", waiting=text)
+    actions, status = reconcile(RUN, spec, status, [waiting], T0)
+    assert [a for a in actions if isinstance(a, StageWaiting)] == [
+        StageWaiting(StageKey(0, "vote"), "ImagePullBackOff", text)
+    ]
+    entry = status["stages"]["r0-vote"]
+    assert entry["state"] == "Pending" and entry["waitingReason"] == "ImagePullBackOff"
+    ready = condition(status, "PodsReady")
+    assert ready["status"] == "False" and ready["reason"] == "ImagePullBackOff"
+    assert text in ready["message"]
+    assert "r0-vote (Pending: ImagePullBackOff)" in condition(status, "Progressing")["message"]
+    actions, status = reconcile(RUN, spec, status, [waiting], T0)  # the same reason: no Event
+    assert not [a for a in actions if isinstance(a, StageWaiting)]
+    actions, status = reconcile(RUN, spec, status, [job(vote, "Running")], T0)
+    assert condition(status, "PodsReady")["status"] == "True"
+    assert status["stages"]["r0-vote"]["state"] == "Running"
+    assert "waiting" not in status["stages"]["r0-vote"]
+
+
+def test_a_refused_create_is_a_failed_attempt_with_backoff():
+    spec = make_spec(evaluation={"benchmarks": []}, retries={"maxRetries": 1, "backoffSeconds": 10})
+    actions, status = reconcile(RUN, spec, {}, [], T0)
+    parsed = parse_spec(spec)
+    quota = '403 Forbidden: jobs "demo-r0-vote" is forbidden: exceeded quota: gpu'
+    more = refuse_create(RUN, parsed, status, StageKey(0, "vote"), 0, quota, T0)
+    entry = status["stages"]["r0-vote"]
+    assert entry["state"] == "BackingOff" and "exceeded quota: gpu" in entry["message"]
+    assert [a.seconds for a in more if isinstance(a, RequeueAfter)] == [10.0]
+    assert [a.final for a in more if isinstance(a, StageFailed)] == [False]
+    actions, status = reconcile(RUN, spec, status, [], T0 + timedelta(seconds=10))
+    assert [c.name for c in creates(actions)] == ["demo-r0-vote-a1"]
+    more = refuse_create(RUN, parsed, status, StageKey(0, "vote"), 1, quota, T0)
+    assert (
+        status["phase"] == "Failed" and "exceeded quota" in condition(status, "Failed")["message"]
+    )
+    assert [a.final for a in more if isinstance(a, StageFailed)] == [True]
 
 
 def test_adopts_jobs_the_status_does_not_know():
@@ -387,7 +572,7 @@ def test_adopts_jobs_the_status_does_not_know():
     # crash after creating attempt 1 but with the BackingOff status: attempt 1 is adopted
     failed = job(first, "Failed", message="boom")
     _, status = reconcile(RUN, spec, status, [failed], T0)
-    retry = ObservedJob("demo-r0-vote-a1", StageKey(0, "vote"), 1, "Running")
+    retry = ObservedJob("demo-r0-vote-a1", StageKey(0, "vote"), 1, "Running", ready=1)
     actions, status = reconcile(RUN, spec, status, [failed, retry], T0)
     assert creates(actions) == []
     assert status["stages"]["r0-vote"]["attempt"] == 1

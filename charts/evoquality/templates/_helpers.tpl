@@ -87,13 +87,16 @@ app.kubernetes.io/part-of: evoquality
   verbs: [patch]
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [create, get, list, watch, patch]
+  verbs: [create, get, list, watch, patch, delete]
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list]
+  verbs: [list, watch]
 - apiGroups: [""]
   resources: [services, configmaps]
   verbs: [create, get]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create, list]
 {{- end -}}
 
 {{- define "evoquality.storageSecretName" -}}
