@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 from scipy.optimize import OptimizeWarning, curve_fit
 from scipy.special import expit
-from scipy.stats import kendalltau, pearsonr, spearmanr
+from scipy.stats import bootstrap, kendalltau, pearsonr, spearmanr
 
 PAIRWISE_MAX_ITEMS = 5000
 _PAIRWISE_ROW_BLOCK = 512
@@ -106,3 +106,36 @@ def wavg(results: dict[str, dict[str, float]]) -> dict[str, float]:
         ok = np.isfinite(values) & (sizes > 0)
         averaged[metric] = float(values[ok] @ sizes[ok] / sizes[ok].sum()) if ok.any() else np.nan
     return averaged
+
+
+def correlation_interval(
+    pred: np.ndarray,
+    mos: np.ndarray,
+    metric: str = "srcc",
+    confidence: float = 0.95,
+    resamples: int = 400,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Bootstrap interval (percentile, images resampled with their MOS) of SRCC or PLCC over the
+    finite predictions: how much the number would move on another draw of the same images."""
+    pred = np.asarray(pred, dtype=np.float64)
+    mos = np.asarray(mos, dtype=np.float64)
+    found = np.isfinite(pred)
+    pred, mos = pred[found], mos[found]
+    if len(pred) < 3 or np.ptp(pred) == 0:
+        return float("nan"), float("nan")
+    statistic = srcc if metric == "srcc" else plcc
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # constant resamples: NaN statistics, skipped
+        result = bootstrap(
+            (pred, mos),
+            lambda p, m: statistic(p, m),
+            paired=True,
+            vectorized=False,
+            n_resamples=resamples,
+            confidence_level=confidence,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
+    low, high = result.confidence_interval
+    return float(low), float(high)

@@ -1,8 +1,11 @@
 """`evoquality report RUN_URI`: an HTML page of a run's progress with PNG plots beside it.
 
-Reads only committed summaries and the training step logs: eval SRCC/PLCC per benchmark vs round
-(the self-evolution curve), vote agreement and tie rate vs round, reward and KL per GRPO step,
-and the position bias of the votes.
+Reads only committed summaries, the eval tables and the training step logs: held-out SRCC/PLCC
+per benchmark vs round (the self-evolution curve) on a fixed axis that includes 0, with the base
+model as a reference line and a bootstrap 95% band over the benchmark's images (how much the
+number moves on another draw of the same images: sampling noise is not mistaken for a trend), a
+table of each round's gain over the base, vote agreement and tie rate vs round, reward and KL per
+GRPO step, the position bias of the votes, and the raw data folded away.
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ import json
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from evoquality import artifacts  # noqa: E402
+from evoquality.metrics import correlation_interval  # noqa: E402
 from evoquality.spec import parse_spec  # noqa: E402
 from evoquality.storage import NotFound, Store, open_store  # noqa: E402
 from evoquality.summaries import eval_protocols, merge_vote_metrics  # noqa: E402
@@ -28,10 +33,11 @@ def collect(store: Store) -> dict:
         spec = parse_spec(json.loads(store.get_bytes(artifacts.SPEC_KEY))["spec"])
     except NotFound:
         raise NotFound(f"{store.uri_for(artifacts.SPEC_KEY)}: not an EvoQuality run") from None
-    data: dict = {"rounds": [], "eval": {}, "steps": {}}
+    data: dict = {"rounds": [], "eval": {}, "steps": {}, "intervals": {}}
     base = artifacts.read_summary(store, "eval", None)
     if base is not None:
         data["eval"]["base"] = base["metrics"]
+        data["intervals"]["base"] = _intervals(store, base)
     for r in range(spec.rounds):
         shards = artifacts.read_shard_summaries(store, "vote", r, spec.voting.shards)
         entry: dict = {"round": r}
@@ -48,31 +54,94 @@ def collect(store: Store) -> dict:
         evaluation = artifacts.read_summary(store, "eval", r)
         if evaluation is not None:
             data["eval"][r] = evaluation["metrics"]
+            data["intervals"][r] = _intervals(store, evaluation)
         data["rounds"].append(entry)
     return data
 
 
+def _intervals(store: Store, summary: dict) -> dict[str, dict[str, list[float]]]:
+    """Bootstrap 95% intervals of SRCC and PLCC per evaluated manifest (from its table)."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for name in summary.get("objects", {}):
+        if not name.endswith(".parquet"):
+            continue
+        table = artifacts.read_table(store, artifacts.resolve(store, summary, name)).to_pydict()
+        pred = np.asarray(table["pred"], dtype=np.float64)
+        mos = np.asarray(table["mos"], dtype=np.float64)
+        out[name.removesuffix(".parquet")] = {
+            metric: list(correlation_interval(pred, mos, metric)) for metric in ("srcc", "plcc")
+        }
+    return out
+
+
 def _benchmarks(evals: dict) -> list[str]:
-    return sorted({k.rsplit(".", 1)[0] for m in evals.values() for k in m if k.endswith(".srcc")})
+    """Benchmarks with an SRCC; `wavg` only when it averages more than one test benchmark."""
+    names = {k.rsplit(".", 1)[0] for m in evals.values() for k in m if k.endswith(".srcc")}
+    tests = names - {"wavg", "validation"}
+    return sorted(names - ({"wavg"} if len(tests) <= 1 else set()))
+
+
+def _order(data: dict) -> list:
+    return [k for k in ["base", *range(len(data["rounds"]))] if k in data["eval"]]
+
+
+def _value(metrics: dict, key: str) -> float:
+    value = metrics.get(key)
+    return float("nan") if value is None else float(value)
 
 
 def _plot_eval(data: dict, path: Path) -> None:
-    evals = data["eval"]
-    order = [k for k in ["base", *range(len(data["rounds"]))] if k in evals]
-    x = list(range(len(order)))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    evals, intervals = data["eval"], data.get("intervals", {})
+    order = _order(data)
+    x = np.arange(len(order))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, metric in zip(axes, ("srcc", "plcc"), strict=True):
-        for bench in _benchmarks(evals):
-            ys = [evals[k].get(f"{bench}.{metric}") for k in order]
-            ax.plot(x, [float("nan") if y is None else y for y in ys], marker="o", label=bench)
+        lows = [0.0]
+        for index, bench in enumerate(_benchmarks(evals)):
+            color = f"C{index}"
+            ys = np.array([_value(evals[k], f"{bench}.{metric}") for k in order])
+            band = np.array(
+                [intervals.get(k, {}).get(bench, {}).get(metric, [np.nan, np.nan]) for k in order],
+                dtype=np.float64,
+            )
+            ax.fill_between(x, band[:, 0], band[:, 1], color=color, alpha=0.15, linewidth=0)
+            ax.plot(x, ys, marker="o", color=color, label=bench)
+            if "base" in evals:
+                base = _value(evals["base"], f"{bench}.{metric}")
+                ax.axhline(base, color=color, linestyle="--", linewidth=1, alpha=0.7)
+            lows += [v for v in (*ys, *band[:, 0]) if np.isfinite(v)]
+        ax.set_ylim(min(lows) - 0.05, 1.0)  # fixed top, bottom at or below 0: no zoomed noise
         ax.set_xticks(x, ["base" if k == "base" else f"r{k}" for k in order])
-        ax.set_title(metric.upper())
+        ax.set_title(f"held-out {metric.upper()} (dashed: base; band: 95% bootstrap)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle("Evaluation per round (model after round r's training)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def gains_table(data: dict) -> str:
+    """HTML table: the base's SRCC / PLCC, then each round's value and gain over the base."""
+    evals, intervals = data["eval"], data.get("intervals", {})
+    benches = _benchmarks(evals)
+    header = "".join(f"<th>{html.escape(b)} SRCC</th><th>PLCC</th>" for b in benches)
+    rows = []
+    for key in _order(data):
+        cells = []
+        for bench in benches:
+            for metric in ("srcc", "plcc"):
+                value = _value(evals[key], f"{bench}.{metric}")
+                text = f"{value:.3f}"
+                if key != "base" and "base" in evals:
+                    gain = value - _value(evals["base"], f"{bench}.{metric}")
+                    text += f" ({gain:+.3f})"
+                low, high = intervals.get(key, {}).get(bench, {}).get(metric, [None, None])
+                band = f"95% bootstrap: {low:.3f} to {high:.3f}" if low is not None else ""
+                cells.append(f"<td title='{band}'>{text}</td>")
+        label = "base" if key == "base" else f"round {key}"
+        rows.append(f"<tr><td>{label}</td>{''.join(cells)}</tr>")
+    return f"<table><tr><th>model</th>{header}</tr>{''.join(rows)}</table>"
 
 
 def _plot_votes(data: dict, path: Path) -> None:
@@ -132,25 +201,18 @@ def write_report(run_uri: str, out_dir: Path, endpoint_url: str | None = None) -
     for filename, title, plot in PLOTS:
         plot(data, out_dir / filename)
         sections.append(f"<h2>{html.escape(title)}</h2><img src='{filename}' alt='{title}'>")
-    rows = []
-    for key, metrics in data["eval"].items():
-        label = "base" if key == "base" else f"round {key}"
-        cells = "".join(
-            f"<td>{metrics.get(f'{b}.srcc', float('nan')):.3f} / "
-            f"{metrics.get(f'{b}.plcc', float('nan')):.3f}</td>"
-            for b in _benchmarks(data["eval"])
-        )
-        rows.append(f"<tr><td>{label}</td>{cells}</tr>")
-    header = "".join(f"<th>{html.escape(b)}</th>" for b in _benchmarks(data["eval"]))
+    raw = html.escape(json.dumps(data, indent=1, default=str))
     page = (
         "<!doctype html><meta charset='utf-8'><title>EvoQuality report</title>"
         "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
-        "td,th{padding:4px 10px;border-bottom:1px solid #ddd}</style>"
+        "td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}"
+        "td:first-child{text-align:left}img{max-width:100%}</style>"
         f"<h1>EvoQuality run {html.escape(run_uri)}</h1>"
-        f"<table><tr><th>model</th>{header}</tr>{''.join(rows)}</table>"
-        f"<p>Evaluation protocol: {html.escape(eval_protocols(data['eval']))}</p>"
+        "<h2>Held-out quality per round (gain over the base in brackets)</h2>"
+        + gains_table(data)
+        + f"<p>Evaluation protocol: {html.escape(eval_protocols(data['eval']))}</p>"
         + "".join(sections)
-        + f"<h2>Raw data</h2><pre>{html.escape(json.dumps(data, indent=1, default=str))}</pre>"
+        + f"<details><summary>Raw data (JSON)</summary><pre>{raw}</pre></details>"
     )
     path = out_dir / "report.html"
     path.write_text(page)

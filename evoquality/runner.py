@@ -197,6 +197,10 @@ class Runner:
         env = dict(os.environ)
         env.setdefault("EVOQUALITY_CACHE", str(self.workdir / "cache"))
         env["EVOQUALITY_PROGRESS"] = "jsonl"
+        # the runner draws each stage's bar from its progress lines: no tqdm bars (trainer,
+        # loaders, hub) flooding the stage logs, which a failure prints
+        env["TQDM_DISABLE"] = "1"
+        env["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
         env["OMP_NUM_THREADS"] = str(threads)
         env["PYTHONUNBUFFERED"] = "1"
         return env

@@ -7,6 +7,7 @@ finished manifest does no work.
 
 import json
 import os
+import re
 import subprocess
 import sys
 from html import unescape
@@ -50,6 +51,10 @@ def test_quickstart_runs_end_to_end_and_is_idempotent(tmp_path):
     assert "SRCC / PLCC per benchmark" in first.stderr
     assert "round 1" in first.stderr
 
+    logs = list((workdir / "logs").rglob("*.log"))
+    assert len(logs) >= 9
+    for log in logs:  # stage logs hold messages, not tqdm bars
+        assert not re.search(r"\d+%\|", log.read_text(errors="replace")), log.name
     report = workdir / "report"
     html = (report / "report.html").read_text()
     for png in ("eval.png", "votes.png", "training.png"):
