@@ -213,36 +213,7 @@ class Operator:
                 "kind": KIND,
                 "metadata": {"name": name, "namespace": namespace, "uid": meta.get("uid", "")},
             }
-            actions = list(outcome.actions)
-            refused_keys: set[tuple[StageKey, int]] = set()
-            while actions:
-                action = actions.pop(0)
-                if (
-                    isinstance(action, StageStarted)
-                    and (action.key, action.attempt) in refused_keys
-                ):
-                    continue  # its Job was refused: no "created" Event
-                try:
-                    requeue = self._apply(ctx, state, action, requeue)
-                except Exception as exc:
-                    refused = _refused(exc) if isinstance(action, CreateJob) else None
-                    if refused is None:
-                        log.warning("%s/%s: %s failed: %s", namespace, name, action, exc)
-                        errors.append(str(exc))
-                        if isinstance(action, EnsureSpecConfigMap):
-                            break  # no Job without its own spec; the next pass creates them
-                        continue
-                    # a 4xx that repeating the request cannot fix: the attempt failed
-                    log.warning("%s/%s: %s refused: %s", namespace, name, action.name, refused)
-                    refused_keys.add((action.key, action.attempt))
-                    run_ref = RunRef(namespace, name)
-                    actions.extend(
-                        refuse_create(
-                            run_ref, spec, new_status, action.key, action.attempt, refused, now
-                        )
-                    )
-                    continue
-                self._announce(involved, action, now)
+            requeue, errors = self._apply_all(ctx, state, involved, outcome, new_status, now)
         patch = merge_patch(status, new_status)
         if patch:
             self.api.patch_run_status(namespace, name, patch)
@@ -326,6 +297,54 @@ class Operator:
         elif isinstance(action, RequeueAfter):
             requeue = action.seconds if requeue is None else min(requeue, action.seconds)
         return requeue
+
+    def _apply_all(
+        self,
+        ctx: jobs_module.RunContext,
+        state: _RunState,
+        involved: Mapping[str, Any],
+        outcome: Outcome,
+        status: dict[str, Any],
+        now: datetime,
+    ) -> tuple[float | None, list[str]]:
+        """Apply the actions in order, posting each one's Event. A create the API server refuses
+        with a 4xx that repeating cannot fix fails its attempt (`refuse_create`: backoff, a
+        Warning Event) instead of being retried every few seconds; a refused spec ConfigMap
+        refuses the Jobs that need it. Returns the requeue delay and the errors to retry on."""
+        requeue: float | None = None
+        errors: list[str] = []
+        refused_keys: set[tuple[StageKey, int]] = set()
+        spec_refused: str | None = None
+        pending = list(outcome.actions)
+        while pending:
+            action = pending.pop(0)
+            if isinstance(action, StageStarted) and (action.key, action.attempt) in refused_keys:
+                continue  # its Job was refused: no "created" Event
+            refused = spec_refused if isinstance(action, CreateJob) else None
+            if refused is None:
+                try:
+                    requeue = self._apply(ctx, state, action, requeue)
+                    self._announce(involved, action, now)
+                    continue
+                except Exception as exc:
+                    refused = _refused(exc)
+                    if isinstance(action, EnsureSpecConfigMap) and refused is not None:
+                        name = naming.spec_configmap_name(ctx.name)
+                        spec_refused = f"ConfigMap {name} was refused: {refused}"
+                        continue
+                    if not isinstance(action, CreateJob) or refused is None:
+                        log.warning("%s/%s: %s failed: %s", ctx.namespace, ctx.name, action, exc)
+                        errors.append(str(exc))
+                        if isinstance(action, EnsureSpecConfigMap):
+                            break  # no Job without its own spec; the next pass creates them
+                        continue
+            log.warning("%s/%s: %s refused: %s", ctx.namespace, ctx.name, action.name, refused)
+            refused_keys.add((action.key, action.attempt))
+            run = RunRef(ctx.namespace, ctx.name)
+            pending += refuse_create(
+                run, ctx.spec, status, action.key, action.attempt, refused, now
+            )
+        return requeue, errors
 
     def _announce(self, involved: Mapping[str, Any], action: Any, now: datetime) -> None:
         """The Event (Normal or Warning) of a stage transition, on the run; never fails a pass."""

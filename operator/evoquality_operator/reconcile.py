@@ -585,12 +585,15 @@ def _check_pending_timeout(
 ) -> tuple[StageKey, str] | None:
     """Fail an attempt whose pods are not all Ready `pods.pendingTimeoutSeconds` after its Job
     started (Kueue: admitted); once they were, the attempt runs as long as it needs."""
+    if job.suspended:  # queued or evicted by Kueue: once admitted again, the clock restarts
+        entry.pop("readyAt", None)
+        return None
     if job.ready >= job.expected:
         entry.setdefault("readyAt", iso(now))
         return None
     timeout = spec.pods.pending_timeout_seconds
     started = parse_time(job.start_time)
-    if timeout is None or started is None or job.suspended or "readyAt" in entry:
+    if timeout is None or started is None or "readyAt" in entry:
         return None
     waited = (now - started).total_seconds()
     if waited < timeout:

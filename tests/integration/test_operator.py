@@ -704,3 +704,22 @@ def test_a_quota_refusal_fails_the_stage_with_the_apis_message(cluster: ClusterH
     # two attempts, each refused once: no request storm
     posts = [n for m, n in cluster.operator_writes("jobs") if m == "POST"]
     assert len(posts) == 2
+
+
+def test_a_refused_spec_configmap_fails_the_attempt_instead_of_retrying_every_few_seconds(
+    cluster: ClusterHandle,
+):
+    def admission(plural: str, obj: dict[str, Any]) -> tuple[int, str, str] | None:
+        if plural == "configmaps" and obj["metadata"]["name"] == "cm-spec":
+            return 403, "Forbidden", 'configmaps "cm-spec" is forbidden: exceeded quota: count'
+        return None
+
+    cluster.set_admission(admission)
+    cluster.put(RUNS_PATH, run_manifest("cm", evaluation={"benchmarks": []}))
+    with operator():
+        wait_for(lambda: status_of(cluster, "cm").get("phase") == "Failed", timeout=30)
+        failed = next(c for c in status_of(cluster, "cm")["conditions"] if c["type"] == "Failed")
+        assert "ConfigMap cm-spec was refused" in failed["message"]
+        assert "exceeded quota: count" in failed["message"]
+    assert not [n for m, n in cluster.operator_writes("jobs") if m == "POST"]  # never specless
+    assert len([n for m, n in cluster.operator_writes("configmaps") if m == "POST"]) == 2
