@@ -115,7 +115,8 @@ def run_root(run: EvoQualityRun, workdir: Path) -> str:
 def deferred_interrupt() -> Iterator[None]:
     """Hold Ctrl-C (SIGINT) until the block ends, then raise it: a stage process started inside
     is registered before the interrupt stops the run, so it is terminated, never orphaned."""
-    if threading.current_thread() is not threading.main_thread():
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # e.g. started with `&` or nohup
+    if ignored or threading.current_thread() is not threading.main_thread():
         yield
         return
     caught: list[int] = []

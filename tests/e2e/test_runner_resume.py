@@ -41,11 +41,24 @@ def small_run(name: str) -> dict:
     return quickstart
 
 
+def _interruptible() -> None:
+    """In the child: Ctrl-C as in a terminal. A test session started in the background (`cmd &`
+    in a script, as CI may be) ignores SIGINT, the runner would inherit that, and Python installs
+    no KeyboardInterrupt handler for a signal ignored at start-up."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(manifest: Path, workdir: Path, cache: Path) -> subprocess.Popen:
     env = {**os.environ, "EVOQUALITY_CACHE": str(cache)}
     command = [sys.executable, "-m", "evoquality.cli", "run", str(manifest)]
     command += ["--workdir", str(workdir), "--no-report", "--jobs", "2"]
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=_interruptible,
+    )
 
 
 def crash(proc: subprocess.Popen) -> None:

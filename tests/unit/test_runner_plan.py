@@ -95,3 +95,18 @@ def test_ctrl_c_inside_a_stage_launch_is_raised_once_the_stage_is_registered():
         registered.append("rank-r0")
     assert registered == ["rank-r0"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_an_ignored_ctrl_c_stays_ignored_through_a_stage_launch():
+    import os
+    import signal
+
+    from evoquality.runner import deferred_interrupt
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as under `nohup` or `cmd &`
+    try:
+        with deferred_interrupt():
+            os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
