@@ -90,11 +90,16 @@ def test_ctrl_c_inside_a_stage_launch_is_raised_once_the_stage_is_registered():
     from evoquality.runner import deferred_interrupt
 
     registered = []
-    with pytest.raises(KeyboardInterrupt), deferred_interrupt():
-        os.kill(os.getpid(), signal.SIGINT)  # delivered here, between Popen and registration
-        registered.append("rank-r0")
-    assert registered == ["rank-r0"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # as in a terminal, whatever the test session inherited (started with `&`, SIGINT is ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt), deferred_interrupt():
+            os.kill(os.getpid(), signal.SIGINT)  # delivered here, between Popen and registration
+            registered.append("rank-r0")
+        assert registered == ["rank-r0"]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_an_ignored_ctrl_c_stays_ignored_through_a_stage_launch():
