@@ -46,9 +46,22 @@ def chart_rules(helm: Path) -> set[tuple[str, str, str]]:
          "--set", "watch.scope=all"],
         capture_output=True, text=True, check=True, timeout=120,
     ).stdout  # fmt: skip
+    docs = [doc for doc in yaml.safe_load_all(rendered) if doc]
+    operator = next(d for d in docs if d.get("kind") == "Deployment")
+    account = operator["spec"]["template"]["spec"]["serviceAccountName"]
+    bound = {  # the roles bound to the operator's service account (not users' aggregated roles)
+        (b["roleRef"]["kind"], b["roleRef"]["name"])
+        for b in docs
+        if b.get("kind") in ("RoleBinding", "ClusterRoleBinding")
+        and any(s.get("kind") == "ServiceAccount" and s.get("name") == account
+                for s in b.get("subjects") or [])
+    }  # fmt: skip
     granted = set()
-    for doc in yaml.safe_load_all(rendered):
-        if doc and doc.get("kind") in ("Role", "ClusterRole"):
+    for doc in docs:
+        if (
+            doc.get("kind") in ("Role", "ClusterRole")
+            and (doc["kind"], doc["metadata"]["name"]) in bound
+        ):
             for rule in doc.get("rules") or []:
                 for group in rule["apiGroups"]:
                     for resource in rule["resources"]:
