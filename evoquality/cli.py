@@ -114,6 +114,28 @@ def stage(
         fail(f"stage {name}: {exc}")
 
 
+@app.command("rollout-server")
+def rollout_server(
+    run_uri: Annotated[str, typer.Option("--run", help="Run root: <storage>/<namespace>/<name>.")],
+    round_: Annotated[str, typer.Option("--round", help="The training round.")],
+    spec: Annotated[Path | None, typer.Option(help="Spec file (the operator mounts it).")] = None,
+    gpus: Annotated[int, typer.Option(min=0, help="GPUs (0: vLLM's CPU build).")] = 0,
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+) -> None:
+    """The vLLM rollout server of a train stage (the train pod's sidecar): fetches the round's
+    policy, then becomes vLLM's OpenAI server (`training.rollouts.engine: vllm`)."""
+    from evoquality.stages import StageArgs, StageError
+    from evoquality.stages.context import StageContext, parse_round
+    from evoquality.training.rollout_server import exec_server
+
+    try:
+        ctx = StageContext(StageArgs("train", run_uri, parse_round(round_), spec_file=spec))
+        model = ctx.policy_model(ctx.round)
+    except (StageError, SpecError, ValueError, FileNotFoundError, KeyError) as exc:
+        fail(f"rollout-server: {exc}")
+    exec_server(ctx.spec, model, gpus, port)
+
+
 @app.command()
 def report(
     run_uri: Annotated[str, typer.Argument(help="Run root: <storage>/<namespace>/<name>.")],

@@ -238,6 +238,42 @@ class LoraSpec(_Model):
     )
 
 
+class RolloutsSpec(_Model):
+    """Where GRPO's rollouts are generated (docs/training.md, "Rollouts in vLLM")."""
+
+    engine: Literal["transformers", "vllm"] = Field(
+        "transformers",
+        description="transformers: HF generate inside the trainer; vllm: a vLLM server beside "
+        "the trainer (a sidecar on the cluster, a subprocess locally), weights synced every "
+        "optimizer step. [our choice: vLLM rollouts have run on CPU only so far]",
+    )
+    gpus: int = Field(
+        1,
+        ge=0,
+        description="GPUs of each training pod that go to the vLLM server (the rest train). "
+        "[our choice: operational: a 7B model fits one GPU]",
+    )
+    importance_sampling: Literal[
+        "sequence_mask", "sequence_truncate", "token_mask", "token_truncate", "none"
+    ] = Field(
+        "sequence_mask",
+        description="TRL's correction for vLLM's log-probs differing from the trainer's "
+        "(none = off). [our choice: TRL 1.16's default]",
+    )
+    importance_sampling_cap: float = Field(
+        3.0,
+        gt=1,
+        description="Upper bound of the importance ratio (masked above it, or truncated). "
+        "[our choice: TRL 1.16's default]",
+    )
+    startup_timeout_seconds: int = Field(
+        900,
+        ge=30,
+        description="How long the trainer waits for the server to load the model. "
+        "[our choice: operational]",
+    )
+
+
 class TrainingSpec(_Model):
     num_generations: int = Field(32, ge=2, description="G sampled scores per image. [paper]")
     per_device_batch_size: int = Field(
@@ -300,6 +336,7 @@ class TrainingSpec(_Model):
         "zero3", description="DeepSpeed ZeRO stage. [VisualQuality-R1]"
     )
     lora: LoraSpec = Field(default_factory=LoraSpec)
+    rollouts: RolloutsSpec = Field(default_factory=RolloutsSpec)
     nodes: int = Field(1, ge=1, description="Training pods. [our choice: operational]")
     gpus_per_node: int = Field(
         8, ge=0, description="Ranks per training pod. [our choice: operational]"
@@ -325,7 +362,30 @@ class TrainingSpec(_Model):
                 f"2 x numGenerations ({2 * self.num_generations}) so both images of a pair and all "
                 "their samples land in one reward call"
             )
+        if self.rollouts.engine == "vllm":
+            unbuilt = [
+                reason
+                for reason, found in (
+                    ("lora.enabled (the server needs merged weights)", self.lora.enabled),
+                    ("nodes > 1 (one server per node is not built)", self.nodes > 1),
+                )
+                if found
+            ]
+            if unbuilt:
+                raise ValueError("rollouts.engine vllm does not support " + ", ".join(unbuilt))
+            if self.gpus_per_node and self.gpus_per_node <= self.rollouts.gpus:
+                raise ValueError(
+                    f"gpusPerNode ({self.gpus_per_node}) must exceed rollouts.gpus "
+                    f"({self.rollouts.gpus}): the server's GPUs are taken from the pod's"
+                )
         return self
+
+    @property
+    def trainer_gpus(self) -> int:
+        """GPUs of a training pod that run trainer ranks (the rest serve vLLM rollouts)."""
+        if self.rollouts.engine == "vllm" and self.gpus_per_node:
+            return self.gpus_per_node - self.rollouts.gpus
+        return self.gpus_per_node
 
 
 class BenchmarkSpec(_Model):

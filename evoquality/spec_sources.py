@@ -23,9 +23,10 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "voting": (),
     "ranking": (),
     "training": (),
+    "training.rollouts": (),
     "evaluation": (),
 }
-_SKIPPED = {"evaluation": ("benchmarks",), "training": ("lora",)}
+_SKIPPED = {"evaluation": ("benchmarks",), "training": ("lora", "rollouts")}
 
 
 def source_of(description: str | None) -> str | None:

@@ -18,8 +18,10 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -114,7 +116,7 @@ def run(ctx: StageContext) -> dict:
             if ranks.is_main
             else contextlib.nullcontext()
         )
-        with reporter as bar:
+        with rollout_server(ctx, model_path, work) as (server_url, sync_dir), reporter as bar:
             if bar is not None:
                 bar.advance(len(steps))
 
@@ -135,11 +137,62 @@ def run(ctx: StageContext) -> dict:
                 resume_from=resume_from,
                 on_step=on_step,
                 on_save=on_save,
+                rollout_server=server_url,
+                sync_dir=sync_dir,
             )
         return ranks.decide(lambda: commit(ctx, attempt, work, result, steps))
     finally:
         if ranks.is_node_main:
             shutil.rmtree(work, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def rollout_server(
+    ctx: StageContext, model_path: str, work: Path
+) -> Iterator[tuple[str | None, Path | None]]:
+    """(URL, sync folder) of the vLLM rollout server, or (None, None) for transformers rollouts.
+
+    A server started beside the stage (the train pod's sidecar) is named by
+    ``$EVOQUALITY_ROLLOUT_SERVER`` and its folder by ``$EVOQUALITY_ROLLOUT_SYNC_DIR``; without
+    them a single-process stage (the embedded runner) starts one from the vLLM venv for the
+    attempt and stops it at the end, on success or failure."""
+    from evoquality.engines.vllm_env import vllm_python
+    from evoquality.training import rollout_server as server
+
+    rollouts = ctx.spec.training.rollouts
+    if rollouts.engine != "vllm":
+        yield None, None
+        return
+    sync_dir = Path(os.environ.get(server.SYNC_DIR_ENV) or work / "rollout-weights")
+    given = os.environ.get(server.SERVER_ENV)
+    if given:
+        server.wait_healthy(given, rollouts.startup_timeout_seconds)
+        yield given, sync_dir
+        return
+    if ctx.ranks.world_size > 1:
+        raise StageError(
+            f"vLLM rollouts under several ranks need a server started beside them: set "
+            f"{server.SERVER_ENV} (the operator's train pods have a sidecar)"
+        )
+    python = vllm_python()
+    if python is None:
+        raise StageError(
+            "training.rollouts.engine vllm needs vLLM: run `make vllm-venv` or set "
+            "EVOQUALITY_VLLM_PYTHON"
+        )
+    log = ctx.cache / "logs" / f"rollout-server-{work.name}.log"
+    settings = server.spec_server_args(ctx.spec, model_path, gpus=0 if not _cuda() else 1)
+    try:
+        with server.local_server(python, settings, log, rollouts.startup_timeout_seconds) as url:
+            yield url, sync_dir
+    except server.RolloutServerError as err:
+        raise StageError(str(err)) from None
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def commit(

@@ -6,9 +6,10 @@ to the reward function (`evoquality.training.rewards`). `PairGRPOTrainer` shuffl
 both images and all their G samples meet in one reward call.
 
 Every GRPOConfig setting that matters is set explicitly: TRL 1.16 changed several defaults
-(bf16=True, beta=0, loss_type="dapo", gradient checkpointing on). Generation uses transformers,
-not TRL's colocated vLLM, which corrupts image prompts in TRL 1.16 (it sends processor-expanded
-token ids that vLLM expands again).
+(bf16=True, beta=0, loss_type="dapo", gradient checkpointing on). Rollouts come from transformers'
+`generate` in the trainer, or (``training.rollouts.engine: vllm``) from a vLLM server beside it
+(`evoquality.training.rollouts`); never from TRL's colocated vLLM, which corrupts image prompts in
+TRL 1.16 (it sends processor-expanded token ids that vLLM expands again).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from evoquality import prompts
 from evoquality.engines.base import build_messages
 from evoquality.training.batching import check_pair_batching, make_pair_trainer_class
 from evoquality.training.rewards import make_reward_function
+from evoquality.training.rollouts import RolloutClient, attach_vllm_rollouts, make_rollout_func
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -206,6 +208,25 @@ def grpo_settings(spec: EvoQualityRunSpec, cuda: bool) -> dict[str, Any]:
     }
 
 
+def vllm_rollout_settings(spec: EvoQualityRunSpec) -> dict[str, Any]:
+    """GRPOConfig fields of vLLM rollouts: TRL's importance-sampling correction. ``use_vllm``
+    stays False at construction and is turned on by `rollouts.attach_vllm_rollouts`."""
+    rollouts = spec.training.rollouts
+    correction = rollouts.importance_sampling != "none"
+    return {
+        "vllm_mode": "server",
+        "vllm_importance_sampling_correction": correction,
+        **(
+            {
+                "vllm_importance_sampling_mode": rollouts.importance_sampling,
+                "vllm_importance_sampling_clip_max": rollouts.importance_sampling_cap,
+            }
+            if correction
+            else {}
+        ),
+    }
+
+
 def _lora_config(spec: EvoQualityRunSpec):
     from peft import LoraConfig
 
@@ -263,6 +284,12 @@ def _make_callback(on_step, on_save):
                 "step_seconds": seconds,
                 "trl_step_time": logs.get("step_time"),
                 "tokens_per_s": (tokens / seconds) if tokens and seconds > 0 else None,
+                # vLLM rollouts: |log p_vLLM - log p_trainer| of the sampled tokens, and the
+                # importance ratios TRL applied (absent with transformers rollouts)
+                "rollout_logp_diff_mean": logs.get("sampling/sampling_logp_difference/mean"),
+                "rollout_logp_diff_max": logs.get("sampling/sampling_logp_difference/max"),
+                "rollout_is_ratio_min": logs.get("sampling/importance_sampling_ratio/min"),
+                "rollout_is_ratio_max": logs.get("sampling/importance_sampling_ratio/max"),
             }
             record = {k: _scalar(v) for k, v in record.items()}
             self.steps.append(record)
@@ -294,9 +321,13 @@ def train_round(
     resume_from: Path | None = None,
     on_step: Callable[[dict], None] | None = None,
     on_save: Callable[[Path], None] | None = None,
+    rollout_server: str | None = None,
+    sync_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Train P_r -> P_{r+1} on the labelled pairs; the model lands in ``output_dir/final``.
 
+    With ``training.rollouts.engine: vllm``, ``rollout_server`` is the vLLM server's URL and
+    ``sync_dir`` a folder it reads the synced weights from (`evoquality.training.rollouts`).
     Checkpoints go to ``output_dir/checkpoint-<step>`` every ``training.saveSteps``; ``on_save``
     gets each on every process (each rank writes its own files: the caller coordinates) and
     ``on_step`` each step's record on the main process; ``resume_from`` continues a checkpoint.
@@ -314,6 +345,11 @@ def train_round(
     if t.deepspeed != "none":
         ensure_distributed(cuda)
     settings = grpo_settings(spec, cuda)
+    vllm_rollouts = t.rollouts.engine == "vllm"
+    if vllm_rollouts:
+        if rollout_server is None or sync_dir is None:
+            raise ValueError("vLLM rollouts need the rollout server's URL and a sync folder")
+        settings.update(vllm_rollout_settings(spec))
     args = GRPOConfig(output_dir=str(output_dir), **settings)
 
     check_pair_batching(t.per_device_batch_size, args.steps_per_generation, t.num_generations)
@@ -331,6 +367,7 @@ def train_round(
     dataset = build_dataset(rows, spec.model.reasoning)
     callback = _make_callback(on_step, on_save)
     trainer_cls = make_pair_trainer_class()
+    client = RolloutClient(rollout_server) if vllm_rollouts else None
     trainer = trainer_cls(
         model=model_path,
         reward_funcs=[make_reward_function(spec)],
@@ -339,7 +376,9 @@ def train_round(
         processing_class=processor,
         peft_config=_lora_config(spec) if t.lora.enabled else None,
         callbacks=[callback],
+        rollout_func=make_rollout_func(client, seed=args.seed) if client else None,
     )
+    sync = attach_vllm_rollouts(trainer, client, sync_dir) if client else None
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     train_seconds = time.perf_counter() - started
@@ -384,7 +423,11 @@ def train_round(
         "device": "cuda" if cuda else "cpu",
         "resumed": resume_from is not None,
         "final_dir": str(final),
+        "rollout_engine": t.rollouts.engine,
     }
+    if sync is not None:
+        summary["weight_syncs"] = sync.syncs
+        summary["weight_sync_seconds"] = sync.seconds
     if trainer.accelerator.is_main_process:
         (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -1,0 +1,83 @@
+"""GRPO with rollouts from vLLM's CPU build (``training.rollouts.engine: vllm``), executed.
+
+The server is the one the train stage starts (`evoquality.training.rollout_server`, vLLM's
+OpenAI server from the vLLM venv); the trainer is TRL's GRPOTrainer with our ``rollout_func`` and
+weight sync (`evoquality.training.rollouts`). Evidence that every rollout comes from the policy
+being trained: for each step, TRL compares the log-probability vLLM reported for every sampled
+token with the trainer's own for the same token (``rollout_logp_diff_max``). A large learning
+rate moves the policy far from the start (the KL to the reference reaches nats), and vLLM's
+log-probs still equal the trainer's to float32 rounding. The negative control keeps the server on
+stale weights (the reload skipped): the same comparison then differs by nats, so the check can
+fail. Top-k is off here: with top-k, vLLM's processed log-probs are renormalised over the top k
+tokens and sit slightly above the trainer's full-softmax ones (docs/training.md).
+
+Measured here (tiny model, 4 steps, lr 1e-2 and 3e-2): max |diff| 1.4e-6 .. 4.3e-6 per step with
+the sync, KL up to 8 nats; 7 .. 13 nats on stale weights.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from evoquality.training import train_round
+from evoquality.training import rollouts as rollouts_module
+from evoquality.training.rollout_server import local_server, spec_server_args
+from tests.integration.test_grpo import make_spec, syniqa_like_rows
+
+STEPS = 4
+SYNCED_TOLERANCE = 1e-3  # nats; measured 1.4e-6 .. 4.3e-6 (float32 kernels differ)
+STALE_MINIMUM = 0.5  # nats; measured 7 .. 13 once the policy has moved
+
+
+def vllm_spec():
+    return make_spec(
+        rollouts={"engine": "vllm"}, maxSteps=STEPS, learningRate=1e-2, topK=0
+    )
+
+
+@pytest.fixture(scope="module")
+def server(vllm_python, tiny_model_dir, tmp_path_factory):
+    log = tmp_path_factory.mktemp("rollout-server") / "server.log"
+    settings = spec_server_args(vllm_spec(), str(tiny_model_dir), gpus=0)
+    with local_server(vllm_python, settings, log, timeout_s=600) as url:
+        yield url
+
+
+def train(url, tiny_model_dir, out):
+    steps = []
+    summary = train_round(
+        vllm_spec(),
+        str(tiny_model_dir),
+        syniqa_like_rows(),
+        out,
+        on_step=steps.append,
+        rollout_server=url,
+        sync_dir=out / "sync",
+    )
+    return summary, steps
+
+
+def test_stale_weights_are_seen_in_the_logprob_comparison(
+    server, tiny_model_dir, tmp_path, monkeypatch
+):
+    def skip_reload(self, folder, version):  # the broken sync: version moves, weights do not
+        self._post("/update_weight_version", {"new_version": version})
+
+    monkeypatch.setattr(rollouts_module.RolloutClient, "load_weights", skip_reload)
+    _, steps = train(server, tiny_model_dir, tmp_path)
+    assert len(steps) == STEPS
+    later = [s["rollout_logp_diff_max"] for s in steps[1:]]
+    assert min(later) > STALE_MINIMUM, steps
+
+
+def test_rollouts_follow_the_trained_policy_after_every_step(server, tiny_model_dir, tmp_path):
+    summary, steps = train(server, tiny_model_dir, tmp_path)
+    assert summary["steps"] == STEPS and summary["rollout_engine"] == "vllm"
+    assert summary["weight_syncs"] == STEPS  # one sync before each step's rollouts
+    assert [s["step"] for s in steps] == list(range(1, STEPS + 1))
+    diffs = [s["rollout_logp_diff_max"] for s in steps]
+    assert max(diffs) < SYNCED_TOLERANCE, steps
+    assert steps[-1]["kl"] > 0.1, steps  # the policy did move away from the start
+    # the server holds the weights of the last step that generated
+    assert rollouts_module.RolloutClient(server).weight_version() == str(STEPS - 1)
+    assert not any((tmp_path / "sync").glob("step-[0-2]"))  # old syncs are deleted
