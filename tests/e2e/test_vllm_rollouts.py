@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import pytest
 
-from evoquality.training import train_round
 from evoquality.training import rollouts as rollouts_module
+from evoquality.training import train_round
 from evoquality.training.rollout_server import local_server, spec_server_args
 from tests.integration.test_grpo import make_spec, syniqa_like_rows
 
@@ -30,9 +30,7 @@ STALE_MINIMUM = 0.5  # nats; measured 7 .. 13 once the policy has moved
 
 
 def vllm_spec():
-    return make_spec(
-        rollouts={"engine": "vllm"}, maxSteps=STEPS, learningRate=1e-2, topK=0
-    )
+    return make_spec(rollouts={"engine": "vllm"}, maxSteps=STEPS, learningRate=1e-2, topK=0)
 
 
 @pytest.fixture(scope="module")
