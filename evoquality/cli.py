@@ -124,9 +124,9 @@ def rollout_server(
 ) -> None:
     """The vLLM rollout server of a train stage (the train pod's sidecar): fetches the round's
     policy, then becomes vLLM's OpenAI server (`training.rollouts.engine: vllm`)."""
+    from evoquality.rollout_server import exec_server
     from evoquality.stages import StageArgs, StageError
     from evoquality.stages.context import StageContext, parse_round
-    from evoquality.training.rollout_server import exec_server
 
     try:
         ctx = StageContext(StageArgs("train", run_uri, parse_round(round_), spec_file=spec))

@@ -156,8 +156,8 @@ def rollout_server(
     ``$EVOQUALITY_ROLLOUT_SERVER`` and its folder by ``$EVOQUALITY_ROLLOUT_SYNC_DIR``; without
     them a single-process stage (the embedded runner) starts one from the vLLM venv for the
     attempt and stops it at the end, on success or failure."""
+    from evoquality import rollout_server as server
     from evoquality.engines.vllm_env import vllm_python
-    from evoquality.training import rollout_server as server
 
     rollouts = ctx.spec.training.rollouts
     if rollouts.engine != "vllm":

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from evoquality import rollout_server
 from evoquality.spec import API_GROUP, API_VERSION, KIND, EvoQualityRunSpec, PodSpec, spec_to_dict
 
 from . import naming
@@ -45,6 +46,9 @@ IMAGE_ENV = {
 STAGE_DEFAULTS_ENV = "EVOQUALITY_STAGE_DEFAULTS"
 STAGE_IMAGE_KIND = {"vote": "voter", "eval": "voter", "train": "trainer", "rank": "worker"}
 CONTAINER = "stage"  # the one container of every stage pod
+ROLLOUT_CONTAINER = "rollout-server"  # train pods with vLLM rollouts: a native sidecar
+ROLLOUT_SYNC_DIR = "/rollout-weights"  # both containers: the trainer writes, vLLM reloads
+ROLLOUT_PROBE_PERIOD_S = 10
 # A vote shard's pod that fails is replaced this many times within its Job (its index only).
 VOTE_RETRIES_PER_INDEX = 1
 # `evoquality` exits 2 on errors a retry cannot fix (bad arguments, spec, inputs; so does
@@ -164,7 +168,7 @@ def _resources(
     resources.setdefault("requests", {}).setdefault(EPHEMERAL_STORAGE, pod.scratch_size)
     gpus = 0
     if stage == "train":
-        gpus = spec.training.gpus_per_node
+        gpus = spec.training.trainer_gpus
     elif stage in ("vote", "eval") and spec.model.engine == "vllm":
         gpus = spec.model.tensor_parallel
     explicit = any(GPU in values for values in resources.values())
@@ -235,7 +239,7 @@ def _stage_args(ctx: RunContext, key: StageKey) -> list[str]:
 def _launched(spec: EvoQualityRunSpec, key: StageKey) -> bool:
     """Whether the stage runs under torchrun (training on several GPUs or nodes)."""
     training = spec.training
-    return key.stage == "train" and (training.nodes > 1 or training.gpus_per_node > 1)
+    return key.stage == "train" and (training.nodes > 1 or training.trainer_gpus > 1)
 
 
 def _command(ctx: RunContext, key: StageKey) -> tuple[list[str], list[str]]:
@@ -260,7 +264,7 @@ def _launcher_env(ctx: RunContext, key: StageKey, job_name: str) -> list[dict[st
     training = ctx.spec.training
     env = [
         {"name": "PET_NNODES", "value": str(training.nodes)},
-        {"name": "PET_NPROC_PER_NODE", "value": str(max(training.gpus_per_node, 1))},
+        {"name": "PET_NPROC_PER_NODE", "value": str(max(training.trainer_gpus, 1))},
     ]
     if training.nodes == 1:
         return [*env, {"name": "PET_STANDALONE", "value": "1"}]
@@ -272,6 +276,53 @@ def _launcher_env(ctx: RunContext, key: StageKey, job_name: str) -> list[dict[st
         {"name": "PET_MASTER_ADDR", "value": f"{job_name}-0.{service}"},
         {"name": "PET_MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
     ]
+
+
+def _vllm_rollouts(spec: EvoQualityRunSpec, key: StageKey) -> bool:
+    return key.stage == "train" and spec.training.rollouts.engine == "vllm"
+
+
+def rollout_sidecar(
+    ctx: RunContext, key: StageKey, trainer: Mapping[str, Any], pod: PodSpec, job_name: str
+) -> dict[str, Any]:
+    """The vLLM rollout server of a train pod: a native sidecar (an init container with
+    `restartPolicy: Always`, Kubernetes 1.29+) from the voter image. Its startupProbe is the
+    readiness gate: the trainer container starts once vLLM has loaded the policy. The kubelet
+    restarts it if it dies and stops it when the trainer exits, so it ends with the attempt.
+    It has the stage env, secrets and volumes of the trainer (it fetches the round's policy
+    itself), not the launcher's or the rollout settings."""
+    spec = ctx.spec
+    rollouts = spec.training.rollouts
+    gpus = rollouts.gpus if spec.training.gpus_per_node else 0
+    args = [
+        "rollout-server",
+        *_stage_args(ctx, key)[2:],  # --run, --round, --spec
+        "--gpus",
+        str(gpus),
+        "--port",
+        str(rollout_server.PORT),
+    ]
+    sidecar: dict[str, Any] = {
+        "name": ROLLOUT_CONTAINER,
+        "image": spec.pods.vote.image or ctx.images.voter,
+        "restartPolicy": "Always",
+        "command": ["evoquality"],
+        "args": args,
+        "env": _env(ctx, pod, job_name),
+        "ports": [{"name": "rollouts", "containerPort": rollout_server.PORT}],
+        "startupProbe": {
+            "httpGet": {"path": "/health", "port": rollout_server.PORT},
+            "periodSeconds": ROLLOUT_PROBE_PERIOD_S,
+            "failureThreshold": -(-rollouts.startup_timeout_seconds // ROLLOUT_PROBE_PERIOD_S),
+        },
+        "volumeMounts": list(trainer["volumeMounts"]),
+        "securityContext": _container_security(pod),
+    }
+    if "envFrom" in trainer:
+        sidecar["envFrom"] = trainer["envFrom"]
+    if gpus:
+        sidecar["resources"] = {"limits": {GPU: str(gpus)}, "requests": {GPU: str(gpus)}}
+    return sidecar
 
 
 def vote_failure_policy(shards: int) -> dict[str, Any]:
@@ -334,6 +385,13 @@ def stage_job(ctx: RunContext, key: StageKey, attempt: int, suspend: bool) -> di
     }
     if env_from:
         container["envFrom"] = env_from
+    rollouts = _vllm_rollouts(spec, key)
+    if rollouts:
+        container["env"] += [
+            {"name": rollout_server.SERVER_ENV, "value": rollout_server.url()},
+            {"name": rollout_server.SYNC_DIR_ENV, "value": ROLLOUT_SYNC_DIR},
+        ]
+        container["volumeMounts"].append({"name": "rollout-weights", "mountPath": ROLLOUT_SYNC_DIR})
     resources = _resources(spec, key.stage, pod, ctx.images)
     if resources:
         container["resources"] = resources
@@ -364,6 +422,9 @@ def stage_job(ctx: RunContext, key: StageKey, attempt: int, suspend: bool) -> di
         },
         "automountServiceAccountToken": pod.service_account_name is not None,
     }
+    if rollouts:
+        pod_spec["initContainers"] = [rollout_sidecar(ctx, key, container, pod, name)]
+        pod_spec["volumes"].append({"name": "rollout-weights", "emptyDir": {}})
     if pod.runtime_class_name:
         pod_spec["runtimeClassName"] = pod.runtime_class_name
     if pod.scheduler_name:

@@ -1,6 +1,6 @@
 """GRPO with rollouts from vLLM's CPU build (``training.rollouts.engine: vllm``), executed.
 
-The server is the one the train stage starts (`evoquality.training.rollout_server`, vLLM's
+The server is the one the train stage starts (`evoquality.rollout_server`, vLLM's
 OpenAI server from the vLLM venv); the trainer is TRL's GRPOTrainer with our ``rollout_func`` and
 weight sync (`evoquality.training.rollouts`). Evidence that every rollout comes from the policy
 being trained: for each step, TRL compares the log-probability vLLM reported for every sampled
@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import pytest
 
+from evoquality.rollout_server import local_server, spec_server_args
 from evoquality.training import rollouts as rollouts_module
 from evoquality.training import train_round
-from evoquality.training.rollout_server import local_server, spec_server_args
 from tests.integration.test_grpo import make_spec, syniqa_like_rows
 
 STEPS = 4

@@ -30,9 +30,17 @@ Rewrites, the only fields that do not run as rendered:
 6. GPUs: `nvidia.com/gpu` requests need no device; the processes run on the CPU, as many as the
    rendered launcher settings start (`PET_NPROC_PER_NODE=N` for N GPUs). Nothing is rewritten.
 
+Native sidecars (init containers with `restartPolicy: Always`) run as the kubelet runs them: each
+started first as a process group of its own (its image, env, mounts and ports rewritten as
+above; its log beside the pod's), the main container started once every sidecar's `startupProbe`
+(`httpGet`) answers 200, every sidecar stopped (SIGTERM, then SIGKILL) when the main container
+exits or the pod is terminated. A sidecar that exits or fails its probe past `failureThreshold` x
+`periodSeconds` fails the pod (the kubelet would restart it until a deadline).
+
 Not emulated: NonIndexed Jobs of more than one completion, more than one container per pod, init
-containers, image entrypoints (a container needs `command`), probes, resource limits, retry
-backoff (a failed index restarts after `retry_delay_s`, not 10 s doubled), eviction.
+containers that are not native sidecars, image entrypoints (a container needs `command`),
+liveness and readiness probes, sidecar restarts, resource limits, retry backoff (a failed index
+restarts after `retry_delay_s`, not 10 s doubled), eviction.
 """
 
 from __future__ import annotations
@@ -133,6 +141,7 @@ class PodRun:
     started_at: float | None = None  # monotonic
     ended_at: float | None = None
     disrupted: bool = False  # evicted or preempted (DisruptionTarget)
+    sidecars: list[subprocess.Popen] = field(default_factory=list)  # native sidecars, started first
 
     @property
     def log_path(self) -> Path:
@@ -271,6 +280,9 @@ class JobExecutor:
         for pod in self.pods.values():
             state = pod.config_error or f"exit {pod.exit_code}"
             parts.append(f"--- {pod.name}: {state} {pod.seconds()}\n{pod.log_tail()}")
+            for sidecar in sorted(pod.folder.glob("*.log")):
+                tail = sidecar.read_text(errors="replace").splitlines()[-20:]
+                parts.append(f"--- {pod.name} sidecar {sidecar.stem}:\n" + "\n".join(tail))
         return "\n".join(parts + self.errors)
 
     # --- one pass ----------------------------------------------------------------------------
@@ -403,9 +415,14 @@ class JobExecutor:
         return pod
 
     def _launch(self, pod: PodRun, state: _JobState) -> None:
-        """Configure and start the container; a missing reference leaves the pod Pending."""
-        try:
-            argv, env, cwd = self._container_process(pod, state)
+        """Configure and start the container (after its native sidecars, once their startup
+        probes pass); a missing reference leaves the pod Pending."""
+        try:  # sidecars first: their declared ports are rewritten in the main container too
+            sidecars = [
+                (c, *self._container_process(pod, state, c))
+                for c in _native_sidecars(pod.obj["spec"])
+            ]
+            argv, env, cwd = self._container_process(pod, state, _container(pod.obj["spec"]))
         except ks.ConfigError as exc:
             if pod.config_error != str(exc):
                 pod.config_error = str(exc)
@@ -415,19 +432,59 @@ class JobExecutor:
             return
         pod.config_error = ""
         pod.argv, pod.env = argv, env
+        if not sidecars:
+            self._start(pod, argv, env, cwd)
+            return
+        for container, *process in sidecars:
+            log_path = pod.folder / f"{container['name']}.log"
+            with open(log_path, "ab") as out:
+                pod.sidecars.append(_popen(process, out))
+        waiting = {"reason": "PodInitializing"}
+        self._patch_pod(pod, _container_status(pod, {"waiting": waiting}, "Pending"))
+        threading.Thread(
+            target=self._start_after_probes,
+            args=(pod, state, [c for c, *_ in sidecars], (argv, env, cwd)),
+            daemon=True,
+        ).start()
+
+    def _start_after_probes(
+        self, pod: PodRun, state: _JobState, sidecars: list[dict], main: tuple
+    ) -> None:
+        """The kubelet's gate: the main container starts once every sidecar's startupProbe
+        (httpGet) passed. A sidecar that exits or a probe past its failureThreshold fails the
+        pod here (the kubelet would restart the sidecar until the pod's deadline)."""
+        for container, proc in zip(sidecars, pod.sidecars, strict=True):
+            probe = container.get("startupProbe") or {}
+            http = probe.get("httpGet")
+            if http is None:
+                continue
+            port = state.ports.get(str(http["port"]), str(http["port"]))
+            url = f"http://127.0.0.1:{port}{http.get('path', '/')}"
+            limit = probe.get("periodSeconds", 10) * probe.get("failureThreshold", 3)
+            deadline = time.monotonic() + limit
+            while not _http_ok(url):
+                if pod.terminated:
+                    return
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    with open(pod.log_path, "ab") as out:
+                        out.write(f"sidecar {container['name']}: startup probe failed\n".encode())
+                    self._stop_sidecars(pod)
+                    pod.exit_code = 1
+                    self._exits.put(pod.name)
+                    self._wake.set()
+                    return
+                time.sleep(0.5)
+        with self._lock:
+            if not pod.terminated:
+                self._start(pod, *main)
+
+    def _start(self, pod: PodRun, argv: list[str], env: dict[str, str], cwd: str) -> None:
         with open(pod.log_path, "ab") as out:
             try:
-                pod.proc = subprocess.Popen(
-                    argv,
-                    env=env,
-                    cwd=cwd,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
+                pod.proc = _popen((argv, env, cwd), out)
             except OSError as exc:  # the runtime cannot start it: StartError, exit 128
                 out.write(f"{exc}\n".encode())
+                self._stop_sidecars(pod)
                 pod.exit_code = 128
                 self._exits.put(pod.name)
                 self._wake.set()
@@ -437,10 +494,14 @@ class JobExecutor:
         running = _container_status(pod, {"running": {"startedAt": now_iso()}}, "Running")
         self._patch_pod(pod, {**running, "startTime": now_iso()})
 
+    def _stop_sidecars(self, pod: PodRun) -> None:
+        """The kubelet stops a pod's sidecars once its main container has exited."""
+        for proc in pod.sidecars:
+            _stop_group(proc, self.grace_s)
+
     def _container_process(
-        self, pod: PodRun, state: _JobState
+        self, pod: PodRun, state: _JobState, container: Mapping[str, Any]
     ) -> tuple[list[str], dict[str, str], str]:
-        container = _container(pod.obj["spec"])
         image = self.images.get(container.get("image", ""), self.default_image)
         mounts = self._volumes(pod, container)
         message_path = container.get("terminationMessagePath", DEFAULT_TERMINATION_PATH)
@@ -533,6 +594,7 @@ class JobExecutor:
         assert pod.proc is not None
         code = pod.proc.wait()
         pod.ended_at = time.monotonic()
+        self._stop_sidecars(pod)
         pod.exit_code = 128 - code if code < 0 else code  # killed by a signal: 128 + signal
         self._exits.put(pod.name)
         self._wake.set()
@@ -586,18 +648,10 @@ class JobExecutor:
         self._api("PATCH", self._path("pods", pod.name), {"status": status}, merge=True)
 
     def _kill(self, pod: PodRun) -> None:
-        """SIGTERM the pod's process group, SIGKILL after the grace period."""
-        proc = pod.proc
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(self.grace_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        """SIGTERM the pod's process groups, SIGKILL after the grace period."""
+        if pod.proc is not None:
+            _stop_group(pod.proc, self.grace_s)
+        self._stop_sidecars(pod)
 
     def _terminate(self, pod: PodRun) -> None:
         """The Job controller removes an active pod (Job failed, suspended or deleted)."""
@@ -663,6 +717,52 @@ def _container_status(pod: PodRun, state: dict[str, Any], phase: str) -> dict[st
             {"name": name, "ready": "running" in state, "restartCount": 0, "state": state}
         ],
     }
+
+
+def _popen(process: tuple[list[str], dict[str, str], str], out) -> subprocess.Popen:
+    argv, env, cwd = process
+    return subprocess.Popen(
+        argv,
+        env=env,
+        cwd=cwd,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def _stop_group(proc: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM a process group, SIGKILL after the grace period."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def _http_ok(url: str) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _native_sidecars(pod_spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Init containers with `restartPolicy: Always`; other init containers are not emulated."""
+    init = pod_spec.get("initContainers") or []
+    if any(c.get("restartPolicy") != "Always" for c in init):
+        raise ks.ConfigError("the executor runs native sidecars only (restartPolicy: Always)")
+    return list(init)
 
 
 def _container(pod_spec: Mapping[str, Any]) -> dict[str, Any]:
