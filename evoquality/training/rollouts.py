@@ -14,8 +14,10 @@ The trainer's side of docs/training.md, "Rollouts in vLLM"; the server and its c
   generates with new weights (once per optimizer step). The main process writes the policy as
   safetensors into a folder the server can read, the server reloads them in place, drops its
   encoder and prefix caches, and takes the trainer's step as its weight version.
-* Before every generation batch the server's weight version must equal the trainer's step: a
-  rollout from other weights is an error, never silent off-policy drift.
+* Before every generation batch the server's weight version must equal the trainer's step. When
+  it does not on some rank (the sidecar was restarted and holds the round's starting weights),
+  all ranks sync once more; a version that still differs is an error: rollouts are never
+  silently off-policy.
 
 Pure helpers (`openai_messages`, `prompt_runs`, `sampling_body`, `rows_of`) are separate from the
 HTTP client (`RolloutClient`) so they are tested without a server.
@@ -222,12 +224,16 @@ def make_rollout_func(client: RolloutClient, *, seed: int):
 
     def rollout_func(prompts: list, trainer) -> dict[str, list]:
         step = int(trainer.state.global_step)
-        served = client.weight_version()
-        if served != str(step):
-            raise RolloutError(
-                f"the rollout server holds the weights of step {served}, the trainer is at step "
-                f"{step}: refusing off-policy rollouts"
-            )
+        if not _all_ranks_agree(trainer, client.weight_version() == str(step)):
+            # the server restarted (the kubelet restarts a dead sidecar) and holds the round's
+            # starting weights: every rank takes part in one more sync, then it must match
+            trainer.vllm_generation.sync_weights()
+            served = client.weight_version()
+            if served != str(step):
+                raise RolloutError(
+                    f"the rollout server holds the weights of step {served}, the trainer is at "
+                    f"step {step}: refusing off-policy rollouts"
+                )
         runs = prompt_runs([prompt_key(p) for p in prompts])
         args = trainer.args
         rank = int(trainer.accelerator.process_index)
@@ -252,6 +258,14 @@ def make_rollout_func(client: RolloutClient, *, seed: int):
         }
 
     return rollout_func
+
+
+def _all_ranks_agree(trainer, ok: bool) -> bool:
+    """True when ``ok`` on every rank (a collective: a sync needs all ranks or none)."""
+    import torch
+
+    flags = trainer.accelerator.gather(torch.tensor([int(ok)], device=trainer.accelerator.device))
+    return bool(flags.min().item())
 
 
 def attach_vllm_rollouts(trainer, client: RolloutClient, folder: Path) -> DiskWeightSync:

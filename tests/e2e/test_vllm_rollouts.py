@@ -79,3 +79,24 @@ def test_rollouts_follow_the_trained_policy_after_every_step(server, tiny_model_
     # the server holds the weights of the last step that generated
     assert rollouts_module.RolloutClient(server).weight_version() == str(STEPS - 1)
     assert not any((tmp_path / "sync").glob("step-[0-2]"))  # old syncs are deleted
+
+
+def test_a_server_that_lost_the_synced_weights_gets_them_again(
+    server, tiny_model_dir, tmp_path, monkeypatch
+):
+    """A restarted sidecar holds the round's starting weights under the version "default": the
+    next rollout sees the version differ, every rank syncs once more, and training goes on."""
+    real_sync = rollouts_module.DiskWeightSync.sync_weights
+    calls = []
+
+    def sync_then_restart(self):
+        real_sync(self)
+        calls.append(self.trainer.state.global_step)
+        if len(calls) == 2:  # the server "restarts" between the second sync and its rollouts
+            self.client.load_weights(tiny_model_dir, "default")
+
+    monkeypatch.setattr(rollouts_module.DiskWeightSync, "sync_weights", sync_then_restart)
+    summary, steps = train(server, tiny_model_dir, tmp_path)
+    assert calls == [0, 1, 1, 2, 3]  # step 1 synced twice
+    assert summary["weight_syncs"] == STEPS + 1
+    assert max(s["rollout_logp_diff_max"] for s in steps) < SYNCED_TOLERANCE, steps

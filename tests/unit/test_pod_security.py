@@ -22,6 +22,7 @@ SPECS = {
     "7b example": yaml.safe_load((ROOT / "examples" / "qwen2.5-vl-7b.yaml").read_text())["spec"],
     "2 nodes": {**BASE, "training": {"nodes": 2, "gpusPerNode": 8}},
     "kueue": {**BASE, "queueName": "gpu-queue", "pods": {"train": {"serviceAccountName": "sa"}}},
+    "vllm rollouts": {**BASE, "training": {"rollouts": {"engine": "vllm"}}},
 }
 STAGES = [StageKey(None, "eval"), StageKey(0, "vote"), StageKey(0, "rank"), StageKey(0, "train"),
           StageKey(0, "eval")]  # fmt: skip
