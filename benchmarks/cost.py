@@ -16,13 +16,30 @@ Model (every assumption is a named constant below; change them and rerun):
 * pixel caps: ours (``maxPixels`` 512 x 28 x 28 = 401,408) vs the paper's Qwen2.5-VL default
   (16,384 x 28 x 28 = 12.8 MP, for photos at least that large): 512 vs 16,384 tokens per image.
 
+* GRPO rollouts in vLLM (``training.rollouts.engine: vllm``): `ROLLOUT_GPUS` of the pod's 8 GPUs
+  run the server, which generates every rank's rollouts with continuous batching (all of a step's
+  sequences in flight, no HF overhead); the other GPUs train; the trainer waits for the rollouts
+  (synchronous GRPO), so the pod's 8 GPUs are billed for generation + weight sync + update.
+  Weight sync per optimizer step: the built route writes and reloads the bf16 weights through a
+  shared folder (`SYNC_DISK_BYTES_PER_S` each way); vLLM's NCCL weight transfer (not built)
+  moves them at `SYNC_NCCL_BYTES_PER_S`. HF generate's slowdown over a memory-bound step
+  (`HF_GENERATE_OVERHEAD`) is unmeasured on GPUs: the table prints the overhead at which both
+  paths cost the same.
+
 Measured (``--measure``, run with the vLLM venv's Python): the tiny model on vLLM's CPU build, a
 vote workload of pairs of 280 x 280 images (100 tokens each) with K votes, in calls of 8 pairs
 (both orders) vs the whole shard in one call: prompt and generated tokens per pair, the cached
 share of prompt tokens, sequences in flight per call, pairs/s.
 
+Measured (``--measure-rollouts``, run with the project venv's Python and the vLLM venv present):
+one GRPO generation batch on the tiny model (`ROLLOUT_PROMPTS` images x G samples, the same
+sampling settings, every sequence `ROLLOUT_TOKENS` long), by HF ``generate`` in the trainer's
+process and by the vLLM rollout server (`evoquality.rollout_server`, its HTTP API as the trainer
+calls it): generated tokens/s of each, side by side, and their ratio.
+
     python benchmarks/cost.py                        # the 7B table
-    .venv-vllm/bin/python benchmarks/cost.py --measure   # plus the CPU measurement
+    .venv-vllm/bin/python benchmarks/cost.py --measure   # plus the CPU vote measurement
+    .venv/bin/python benchmarks/cost.py --measure-rollouts   # plus HF vs vLLM rollouts on CPU
 """
 
 from __future__ import annotations
@@ -54,6 +71,9 @@ PREFILL_MFU, DECODE_MFU, TRAIN_MFU = 0.45, 0.5, 0.35
 TAIL_OCCUPANCY = 0.5  # mean/peak sequences in flight over a call that waits for its slowest
 TRAIN_GENERATE_BATCH = 64  # perDeviceBatchSize completions per HF generate call
 HF_GENERATE_OVERHEAD = 2.0  # HF generate step time / the memory-bound step time
+POD_GPUS, ROLLOUT_GPUS = 8, 1  # a training pod; GPUs of it that serve vLLM rollouts
+SYNC_DISK_BYTES_PER_S = 2e9  # write, then reload, the bf16 weights through a shared folder
+SYNC_NCCL_BYTES_PER_S = 50e9  # vLLM's NCCL weight transfer over NVLink (not built)
 
 
 @dataclass(frozen=True)
@@ -126,6 +146,75 @@ def train_cost(pixels: int) -> Cost:
     update = 8 * TEXT_PARAMS * rollouts * (prompt + MEAN_COMPLETION) / (PEAK_FLOPS * TRAIN_MFU)
     prefill = prefill_flops(replace(w, requests=rollouts)) / (PEAK_FLOPS * PREFILL_MFU)
     return Cost(prefill / 3600, generate / 3600, update / 3600)
+
+
+@dataclass(frozen=True)
+class TrainWall:
+    """Wall-clock hours of one round's GRPO in one pod, by phase."""
+
+    generate_h: float
+    sync_h: float
+    update_h: float
+
+    @property
+    def gpu_hours(self) -> float:
+        return POD_GPUS * (self.generate_h + self.sync_h + self.update_h)
+
+
+def grpo_steps() -> int:
+    return TRAIN_ROWS * GENERATIONS // (TRAIN_GENERATE_BATCH * POD_GPUS)
+
+
+def train_wall(pixels: int, rollouts: str, overhead: float = HF_GENERATE_OVERHEAD) -> TrainWall:
+    """``rollouts``: "hf" (every GPU generates its rows), "vllm-disk" or "vllm-nccl"."""
+    cost = train_cost(pixels)
+    tokens = TRAIN_ROWS * GENERATIONS * MEAN_COMPLETION
+    if rollouts == "hf":
+        per_gpu = decode_seconds(tokens / POD_GPUS, TRAIN_GENERATE_BATCH, overhead)
+        return TrainWall(per_gpu / 3600, 0.0, (cost.prefill_h + cost.train_h) / POD_GPUS)
+    trainers = POD_GPUS - ROLLOUT_GPUS
+    in_flight_ = min(
+        TRAIN_GENERATE_BATCH * POD_GPUS,
+        kv_capacity_sequences(Workload(TRAIN_ROWS, 1, GENERATIONS, pixels)),
+    )
+    steps = grpo_steps()
+    generate = decode_seconds(tokens / ROLLOUT_GPUS, in_flight_ / ROLLOUT_GPUS)
+    speed = SYNC_DISK_BYTES_PER_S / 2 if rollouts == "vllm-disk" else SYNC_NCCL_BYTES_PER_S
+    sync = steps * WEIGHT_BYTES / speed
+    return TrainWall(generate / 3600, sync / 3600, (cost.prefill_h + cost.train_h) / trainers)
+
+
+def break_even_overhead(pixels: int, rollouts: str) -> float:
+    """HF generate's overhead at which HF and vLLM rollouts cost the same GPU-hours."""
+    from scipy.optimize import brentq
+
+    target = train_wall(pixels, rollouts).gpu_hours
+    return brentq(lambda o: train_wall(pixels, "hf", o).gpu_hours - target, 0.01, 1000)
+
+
+def print_rollouts_table() -> None:
+    print(
+        f"\nGRPO rollouts, one round of the 7B example in one {POD_GPUS}-GPU pod "
+        f"({grpo_steps():,} steps): wall hours by phase, pod GPU-hours"
+    )
+    print(f"{'pixel caps':<15}{'rollouts':<30}{'gen':>7}{'sync':>7}{'update':>8}{'GPU-h':>8}")
+    for label, pixels in PIXEL_CAPS.items():
+        rows = [
+            (f"HF generate (overhead {HF_GENERATE_OVERHEAD:g}x)", train_wall(pixels, "hf")),
+            (f"vLLM on {ROLLOUT_GPUS} GPU, disk sync", train_wall(pixels, "vllm-disk")),
+            (f"vLLM on {ROLLOUT_GPUS} GPU, NCCL sync*", train_wall(pixels, "vllm-nccl")),
+        ]
+        for name, wall in rows:
+            print(
+                f"{label:<15}{name:<30}{wall.generate_h:>7.1f}{wall.sync_h:>7.1f}"
+                f"{wall.update_h:>8.1f}{wall.gpu_hours:>8.0f}"
+            )
+        print(
+            f"{'':<15}vLLM pays off once HF generate is slower than the memory-bound step by "
+            f"{break_even_overhead(pixels, 'vllm-disk'):.1f}x (disk sync), "
+            f"{break_even_overhead(pixels, 'vllm-nccl'):.1f}x (NCCL)"
+        )
+    print("* not built: vLLM's NCCL weight transfer needs GPUs (docs/training.md)")
 
 
 def vote_workload(pixels: int) -> Workload:
@@ -227,17 +316,131 @@ def measure(model: str) -> None:
         engine.close()
 
 
+ROLLOUT_PROMPTS, ROLLOUT_G, ROLLOUT_SIDE, ROLLOUT_TOKENS = 8, 8, 112, 64
+
+
+def measure_rollouts(model: str) -> None:
+    """HF generate vs the vLLM rollout server on one generation batch: generated tokens/s."""
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+    from tempfile import TemporaryDirectory
+
+    import numpy as np
+    import torch
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText
+
+    from evoquality.data.images import prepare_image
+    from evoquality.engines.vllm_env import vllm_python
+    from evoquality.models import load_processor
+    from evoquality.rollout_server import local_server
+    from evoquality.training.grpo import scoring_messages
+    from evoquality.training.rollouts import (
+        RolloutClient,
+        openai_messages,
+        rows_of,
+        sampling_body,
+    )
+
+    cap = ROLLOUT_SIDE * ROLLOUT_SIDE
+    rng = np.random.default_rng(0)
+    images = [
+        prepare_image(
+            Image.fromarray(rng.integers(0, 256, (ROLLOUT_SIDE, ROLLOUT_SIDE, 3), np.uint8)),
+            784,
+            cap,
+        )
+        for _ in range(ROLLOUT_PROMPTS)
+    ]
+    message = scoring_messages(reasoning=False)
+    settings = {"temperature": 1.0, "top_k": 50, "max_tokens": ROLLOUT_TOKENS}
+
+    processor = load_processor(model, 784, cap)
+    hf = AutoModelForImageTextToText.from_pretrained(model, dtype=torch.float32).eval()
+    text = processor.apply_chat_template(message, add_generation_prompt=True, tokenize=False)
+    rows = [img for img in images for _ in range(ROLLOUT_G)]
+    inputs = processor(text=[text] * len(rows), images=rows, return_tensors="pt", padding=True)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        hf.generate(**inputs, do_sample=True, max_new_tokens=2)  # warm-up
+        started = time.perf_counter()
+        out = hf.generate(
+            **inputs,
+            do_sample=True,
+            max_new_tokens=ROLLOUT_TOKENS,
+            min_new_tokens=ROLLOUT_TOKENS,  # every sequence runs the full length on both sides
+            top_k=50,
+            temperature=1.0,
+        )
+        hf_seconds = time.perf_counter() - started
+    new = out[:, inputs["input_ids"].shape[1] :]
+    pad = processor.tokenizer.pad_token_id
+    hf_tokens = int((new != pad).sum())
+
+    python = vllm_python()
+    if python is None:
+        raise SystemExit("--measure-rollouts needs the vLLM venv (make vllm-venv)")
+    with TemporaryDirectory() as tmp:
+        args = {
+            "model": model,
+            "revision": None,
+            "min_pixels": 784,
+            "max_pixels": cap,
+            "max_completion_length": ROLLOUT_TOKENS,
+            "seed": 0,
+            "gpus": 0,
+        }
+        with local_server(python, args, Path(tmp) / "server.log", 600) as url:
+            client = RolloutClient(url)
+
+            def one(i: int, image) -> int:
+                chat = [{**message[0], "content": [{"type": "image", "image": image},
+                                                   message[0]["content"][1]]}]  # fmt: skip
+                body = {
+                    **sampling_body(n=ROLLOUT_G, seed=i, **settings),
+                    "min_tokens": ROLLOUT_TOKENS,
+                }
+                return sum(len(r[1]) for r in rows_of(client.complete(openai_messages(chat), body),
+                                                      ROLLOUT_G))  # fmt: skip
+
+            with ThreadPoolExecutor(ROLLOUT_PROMPTS) as pool:
+                list(pool.map(one, range(ROLLOUT_PROMPTS), images))  # warm-up
+                started = time.perf_counter()
+                vllm_tokens = sum(pool.map(one, range(ROLLOUT_PROMPTS), images))
+                vllm_seconds = time.perf_counter() - started
+    print(
+        f"\nmeasured: one generation batch on the tiny model, CPU ({ROLLOUT_PROMPTS} images of "
+        f"{ROLLOUT_SIDE}x{ROLLOUT_SIDE} x G={ROLLOUT_G}, {ROLLOUT_TOKENS} new tokens each, "
+        "float32, top-k 50)"
+    )
+    print(f"{'rollouts':<30}{'tokens':>8}{'seconds':>9}{'tokens/s':>10}")
+    hf_rate, vllm_rate = hf_tokens / hf_seconds, vllm_tokens / vllm_seconds
+    print(f"{'HF generate (trainer process)':<30}{hf_tokens:>8}{hf_seconds:>9.2f}{hf_rate:>10.0f}")
+    print(
+        f"{'vLLM rollout server (HTTP)':<30}{vllm_tokens:>8}{vllm_seconds:>9.2f}{vllm_rate:>10.0f}"
+    )
+    print(f"vLLM / HF tokens/s: {vllm_rate / hf_rate:.1f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--measure", action="store_true", help="also run vLLM's CPU build")
-    parser.add_argument("--model", default="tiny", help="model for --measure (default: tiny)")
+    parser.add_argument(
+        "--measure-rollouts", action="store_true", help="also HF vs vLLM rollouts on CPU"
+    )
+    parser.add_argument("--model", default="tiny", help="model to measure (default: tiny)")
     args = parser.parse_args()
     print_table()
-    if args.measure:
+    print_rollouts_table()
+    if args.measure or args.measure_rollouts:
         from evoquality.models import resolve_model
         from evoquality.stages.context import cache_dir
 
-        measure(resolve_model(args.model, cache_dir()))
+        model = resolve_model(args.model, cache_dir())
+        if args.measure:
+            measure(model)
+        if args.measure_rollouts:
+            measure_rollouts(model)
 
 
 if __name__ == "__main__":
