@@ -44,12 +44,19 @@ LAUNCHED: list[subprocess.Popen] = []
 DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
-def train_spec(model_dir: Path, storage: Path, deepspeed: str) -> dict:
+# vLLM rollouts: 3 "GPUs" = 2 trainer ranks + 1 for the server; top-k off, so vLLM's log-probs
+# equal the trainer's (docs/training.md)
+VLLM_ROLLOUTS = {"gpusPerNode": 3, "topK": 0, "rollouts": {"engine": "vllm"}}
+
+
+def train_spec(model_dir: Path, storage: Path, deepspeed: str, vllm: bool = False) -> dict:
     spec = tiny_spec(model_dir, "syniqa:train?size=56", str(storage))
     # 16 rows, 2 pairs per step over 2 ranks: 4 steps = one epoch; checkpoints at 2 and 4
     spec["training"].update(
         {"deepspeed": deepspeed, "gpusPerNode": 2, "maxSteps": 4, "saveSteps": 2}
     )
+    if vllm:
+        spec["training"].update(VLLM_ROLLOUTS)
     return spec
 
 
@@ -86,21 +93,22 @@ def cache(tmp_path_factory) -> Path:
 def new_run(tmp_path_factory, tiny_model_dir, cache):
     """`new_run(deepspeed, name)`: a run `name` with round 0's votes and labels, and its spec
     file (one storage per ZeRO stage; the labels are made once and copied)."""
-    storages: dict[str, tuple[Path, Path]] = {}
+    storages: dict[tuple[str, bool], tuple[Path, Path]] = {}
 
-    def make(deepspeed: str, name: str) -> tuple[Path, Path]:
-        if deepspeed not in storages:
+    def make(deepspeed: str, name: str, vllm: bool = False) -> tuple[Path, Path]:
+        if (deepspeed, vllm) not in storages:
             storage = tmp_path_factory.mktemp(f"storage-{deepspeed}")
             spec_file = storage / "spec.yaml"
-            spec_file.write_text(yaml.safe_dump(train_spec(tiny_model_dir, storage, deepspeed)))
+            spec = train_spec(tiny_model_dir, storage, deepspeed, vllm)
+            spec_file.write_text(yaml.safe_dump(spec))
             template = str(storage / "default" / TEMPLATE)
             with pytest.MonkeyPatch.context() as patch:
                 patch.setenv("EVOQUALITY_CACHE", str(cache))
                 for shard in range(2):
                     run_stage(StageArgs("vote", template, 0, shard, 2, spec_file))
                 run_stage(StageArgs("rank", template, 0, spec_file=spec_file))
-            storages[deepspeed] = (storage, spec_file)
-        storage, spec_file = storages[deepspeed]
+            storages[deepspeed, vllm] = (storage, spec_file)
+        storage, spec_file = storages[deepspeed, vllm]
         root = storage / "default" / name
         shutil.copytree(storage / "default" / TEMPLATE, root)
         return root, spec_file
@@ -109,7 +117,8 @@ def new_run(tmp_path_factory, tiny_model_dir, cache):
 
 
 def rendered_train(spec_file: Path, run: str, attempt: int) -> tuple[list[str], dict]:
-    """The train container's argv and launcher env, as `jobs.stage_job` renders them."""
+    """The train container's argv and launcher env (and the rollout server's), as
+    `jobs.stage_job` renders them."""
     spec = parse_spec(yaml.safe_load(spec_file.read_text()))
     context = jobs.RunContext("default", run, "uid-1", spec)
     job = jobs.stage_job(context, StageKey(0, "train"), attempt, suspend=False)
@@ -119,12 +128,14 @@ def rendered_train(spec_file: Path, run: str, attempt: int) -> tuple[list[str], 
     env = {
         e["name"]: e["value"]
         for e in main["env"]
-        if e["name"].startswith("PET_") or e["name"] == "EVOQUALITY_ATTEMPT_ID"
+        if e["name"].startswith(("PET_", "EVOQUALITY_ATTEMPT_ID", "EVOQUALITY_ROLLOUT"))
     }
     return argv, env
 
 
-def launch(root: Path, spec_file: Path, cache: Path, attempt: int) -> subprocess.Popen:
+def launch(
+    root: Path, spec_file: Path, cache: Path, attempt: int, **env_overrides: str
+) -> subprocess.Popen:
     argv, launcher_env = rendered_train(spec_file, root.name, attempt)
     assert argv[:4] == ["torchrun", "--no-python", "--", "evoquality"]
     assert argv[argv.index("--run") + 1] == str(root)
@@ -137,6 +148,7 @@ def launch(root: Path, spec_file: Path, cache: Path, attempt: int) -> subprocess
         # the DeepSpeed op rebuilds (minutes) whenever another ninja version built it last
         PATH=f"{env.get('PATH', '')}{os.pathsep}{Path(sys.executable).parent}",
     )
+    env.update(env_overrides)
     proc = subprocess.Popen(
         argv, env=env, cwd=root.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -275,3 +287,28 @@ def test_zero3_killed_after_a_checkpoint_resumes_to_the_same_weights(
     assert resumed.keys() == reference.keys()
     worst = max(float(np.max(np.abs(resumed[k] - reference[k]))) for k in reference)
     assert worst <= 1e-6, f"resumed weights differ from the uninterrupted run's by {worst}"
+
+
+def test_zero3_two_ranks_with_vllm_rollouts(new_run, cache, vllm_python, tmp_path):
+    """The rendered train container with `rollouts.engine: vllm`: torchrun starts 2 ZeRO-3 ranks
+    (gpusPerNode 3 minus the server's 1), both ranks' rollouts come from one vLLM server (the
+    sidecar's stand-in, started here; the rendered URL's port rewritten to it, the sync folder a
+    local one), the weights are gathered from both ranks' partitions before each sync, and vLLM's
+    log-probs equal the trainer's at every step."""
+    from evoquality.rollout_server import SERVER_ENV, SYNC_DIR_ENV, local_server, spec_server_args
+
+    root, spec_file = new_run("zero3", "vllm", vllm=True)
+    argv, rendered = rendered_train(spec_file, root.name, 0)
+    assert rendered["PET_NPROC_PER_NODE"] == "2" and rendered[SERVER_ENV].endswith(":8000")
+    spec = parse_spec(yaml.safe_load(spec_file.read_text()))
+    settings = spec_server_args(spec, spec.model.base, gpus=0)  # tiny_spec: the model's folder
+    with local_server(vllm_python, settings, tmp_path / "server.log", 600) as url:
+        proc = launch(root, spec_file, cache, 0, **{SERVER_ENV: url, SYNC_DIR_ENV: str(tmp_path)})
+        out, _ = finish(proc)
+    summary = check_committed(root, out)
+    metrics = summary["metrics"]
+    assert metrics["rollout_engine"] == "vllm" and metrics["weight_syncs"] == 4
+    store = open_store(str(root))
+    lines = store.get_bytes(artifacts.resolve(store, summary, "steps.jsonl")).decode()
+    diffs = [json.loads(line)["rollout_logp_diff_max"] for line in lines.splitlines()]
+    assert len(diffs) == 4 and max(diffs) < 1e-3, diffs
