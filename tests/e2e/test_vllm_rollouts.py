@@ -1,15 +1,15 @@
 """GRPO with rollouts from vLLM's CPU build (``training.rollouts.engine: vllm``), executed.
 
-The server is the one the train stage starts (`evoquality.rollout_server`, vLLM's
-OpenAI server from the vLLM venv); the trainer is TRL's GRPOTrainer with our ``rollout_func`` and
-weight sync (`evoquality.training.rollouts`). Evidence that every rollout comes from the policy
-being trained: for each step, TRL compares the log-probability vLLM reported for every sampled
-token with the trainer's own for the same token (``rollout_logp_diff_max``). A large learning
-rate moves the policy far from the start (the KL to the reference reaches nats), and vLLM's
-log-probs still equal the trainer's to float32 rounding. The negative control keeps the server on
-stale weights (the reload skipped): the same comparison then differs by nats, so the check can
-fail. Top-k is off here: with top-k, vLLM's processed log-probs are renormalised over the top k
-tokens and sit slightly above the trainer's full-softmax ones (docs/training.md).
+The server is the one the train stage starts (`evoquality.rollout_server`, vLLM's OpenAI server
+from the vLLM venv; one per test session); the trainer is TRL's GRPOTrainer with our
+``rollout_func`` and weight sync (`evoquality.training.rollouts`). Evidence that every rollout
+comes from the policy being trained: for each step, TRL compares the log-probability vLLM reported
+for every sampled token with the trainer's own for the same token (``rollout_logp_diff_max``). A
+large learning rate moves the policy far from the start (the KL to the reference reaches nats),
+and vLLM's log-probs still equal the trainer's to float32 rounding. The negative control keeps the
+server on stale weights (the reload skipped): the same comparison then differs by nats, so the
+check can fail. Top-k is off here: with top-k, vLLM's processed log-probs are renormalised over
+the top k tokens and sit slightly above the trainer's full-softmax ones (docs/training.md).
 
 Measured here (tiny model, 4 steps, lr 1e-2 and 3e-2): max |diff| 1.4e-6 .. 4.3e-6 per step with
 the sync, KL up to 8 nats; 7 .. 13 nats on stale weights.
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import pytest
 
-from evoquality.rollout_server import local_server, spec_server_args
 from evoquality.training import rollouts as rollouts_module
 from evoquality.training import train_round
 from tests.integration.test_grpo import make_spec, syniqa_like_rows
@@ -33,12 +32,10 @@ def vllm_spec():
     return make_spec(rollouts={"engine": "vllm"}, maxSteps=STEPS, learningRate=1e-2, topK=0)
 
 
-@pytest.fixture(scope="module")
-def server(vllm_python, tiny_model_dir, tmp_path_factory):
-    log = tmp_path_factory.mktemp("rollout-server") / "server.log"
-    settings = spec_server_args(vllm_spec(), str(tiny_model_dir), gpus=0)
-    with local_server(vllm_python, settings, log, timeout_s=600) as url:
-        yield url
+@pytest.fixture
+def server(rollout_server):
+    """The session's server (tests/plugins/vllm.py), which each run syncs first."""
+    return rollout_server
 
 
 def train(url, tiny_model_dir, out):

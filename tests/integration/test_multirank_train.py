@@ -289,22 +289,19 @@ def test_zero3_killed_after_a_checkpoint_resumes_to_the_same_weights(
     assert worst <= 1e-6, f"resumed weights differ from the uninterrupted run's by {worst}"
 
 
-def test_zero3_two_ranks_with_vllm_rollouts(new_run, cache, vllm_python, tmp_path):
+def test_zero3_two_ranks_with_vllm_rollouts(new_run, cache, rollout_server, tmp_path):
     """The rendered train container with `rollouts.engine: vllm`: torchrun starts 2 ZeRO-3 ranks
     (gpusPerNode 3 minus the server's 1), both ranks' rollouts come from one vLLM server (the
-    sidecar's stand-in, started here; the rendered URL's port rewritten to it, the sync folder a
-    local one), the weights are gathered from both ranks' partitions before each sync, and vLLM's
-    log-probs equal the trainer's at every step."""
-    from evoquality.rollout_server import SERVER_ENV, SYNC_DIR_ENV, local_server, spec_server_args
+    sidecar's stand-in: the session's, on the same model; the rendered URL's port rewritten to
+    it, the sync folder a local one), the weights are gathered from both ranks' partitions
+    before each sync, and vLLM's log-probs equal the trainer's at every step."""
+    from evoquality.rollout_server import SERVER_ENV, SYNC_DIR_ENV
 
     root, spec_file = new_run("zero3", "vllm", vllm=True)
-    argv, rendered = rendered_train(spec_file, root.name, 0)
+    _, rendered = rendered_train(spec_file, root.name, 0)
     assert rendered["PET_NPROC_PER_NODE"] == "2" and rendered[SERVER_ENV].endswith(":8000")
-    spec = parse_spec(yaml.safe_load(spec_file.read_text()))
-    settings = spec_server_args(spec, spec.model.base, gpus=0)  # tiny_spec: the model's folder
-    with local_server(vllm_python, settings, tmp_path / "server.log", 600) as url:
-        proc = launch(root, spec_file, cache, 0, **{SERVER_ENV: url, SYNC_DIR_ENV: str(tmp_path)})
-        out, _ = finish(proc)
+    overrides = {SERVER_ENV: rollout_server, SYNC_DIR_ENV: str(tmp_path)}
+    out, _ = finish(launch(root, spec_file, cache, 0, **overrides))
     summary = check_committed(root, out)
     metrics = summary["metrics"]
     assert metrics["rollout_engine"] == "vllm" and metrics["weight_syncs"] == 4

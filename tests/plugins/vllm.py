@@ -8,6 +8,9 @@
   project venv does not collect them). Teardown stops the EngineCore and then kills, by pid, every
   process the engine started that is still alive.
 * ``hf_engine``: the transformers engine on the same model, for equivalence checks.
+* ``rollout_server``: ONE vLLM rollout server per test session on the tiny model
+  (`evoquality.rollout_server.local_server`, from the vLLM venv), for the GRPO tests with vLLM
+  rollouts in the project venv; every training run syncs its own weights into it first.
 
 Pixel caps: 784 .. 28*28*256, so small prepared images keep their size and a prompt of more than
 256 tokens fits (prefix caching reuses whole 128-token blocks only).
@@ -86,3 +89,21 @@ def hf_engine(tiny_model_dir) -> Iterator:
     engine = TransformersEngine(str(tiny_model_dir), MIN_PIXELS, MAX_PIXELS, reasoning=False)
     yield engine
     engine.close()
+
+
+@pytest.fixture(scope="session")
+def rollout_server(vllm_python, tiny_model_dir, tmp_path_factory) -> Iterator[str]:
+    from evoquality.rollout_server import local_server
+
+    settings = {
+        "model": str(tiny_model_dir),
+        "revision": None,
+        "min_pixels": MIN_PIXELS,
+        "max_pixels": 3136,  # the GRPO tests' cap (56 x 56)
+        "max_completion_length": 256,
+        "seed": 0,
+        "gpus": 0,
+    }
+    log = tmp_path_factory.mktemp("rollout-server") / "server.log"
+    with local_server(vllm_python, settings, log, timeout_s=600) as url:
+        yield url
