@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import io
 import shutil
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -295,8 +296,6 @@ class DiskWeightSync:
         self.seconds = 0.0
 
     def sync_weights(self) -> None:
-        import time
-
         started = time.perf_counter()
         trainer = self.trainer
         accelerator = trainer.accelerator
