@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -91,6 +92,7 @@ class _RunState:
     observed: set[str] = field(default_factory=set)  # stage ids whose summary was exported
     started: set[tuple[str, int]] = field(default_factory=set)
     configmap: bool = False
+    forgotten: bool = False  # the run is gone: a pass still in flight exports nothing
 
 
 @dataclass
@@ -106,6 +108,9 @@ class Operator:
         self.api = api
         self.metrics = metrics
         self._runs: dict[tuple[str, str], _RunState] = {}
+        # forgetting a run (event loop) and exporting its metrics (a pass's worker thread) are
+        # exclusive: a pass in flight when its run is deleted must not bring the series back
+        self._metrics_lock = threading.Lock()
         self.passes = 0  # reconcile passes run (benchmark / tests)
 
     # --- scheduling --------------------------------------------------------------------------
@@ -156,7 +161,10 @@ class Operator:
         state = self._runs.pop((namespace, name), None)
         if state is not None and state.wake is not None:
             state.wake.cancel()
-        self.metrics.forget_run(namespace, name)
+        with self._metrics_lock:
+            if state is not None:
+                state.forgotten = True
+            self.metrics.forget_run(namespace, name)
 
     def close(self) -> None:
         for state in self._runs.values():
@@ -359,7 +367,15 @@ class Operator:
     def _export(
         self, namespace: str, name: str, status: Mapping[str, Any], state: _RunState
     ) -> None:
-        """Level-based telemetry: phase and round, and each finished stage's summary once."""
+        """Level-based telemetry: phase and round, and each finished stage's summary once;
+        nothing once the run is forgotten (deleted while this pass ran)."""
+        with self._metrics_lock:
+            if not state.forgotten:
+                self._export_unlocked(namespace, name, status, state)
+
+    def _export_unlocked(
+        self, namespace: str, name: str, status: Mapping[str, Any], state: _RunState
+    ) -> None:
         phase = status.get("phase", "Pending")
         self.metrics.set_phase(namespace, name, phase)
         if isinstance(status.get("round"), int):
