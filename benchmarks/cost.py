@@ -262,24 +262,29 @@ def _times(cost: Cost, k: int) -> Cost:
 MEASURE_PAIRS, MEASURE_VOTES, MEASURE_SIDE, MEASURE_TOKENS = 24, 8, 280, 16
 
 
-def measure(model: str) -> None:
+def random_pictures(count: int, side: int) -> list:
+    """``count`` seeded random RGB images of ``side`` x ``side``, prepared at that pixel cap."""
     import numpy as np
     from PIL import Image
 
     from evoquality.data.images import prepare_image
+
+    rng = np.random.default_rng(0)
+    return [
+        prepare_image(
+            Image.fromarray(rng.integers(0, 256, (side, side, 3), np.uint8)), 784, side * side
+        )
+        for _ in range(count)
+    ]
+
+
+def measure(model: str) -> None:
+
     from evoquality.engines import EngineImage, Sampling, derive_seed
     from evoquality.engines.vllm_engine import VLLMEngine
 
     cap = MEASURE_SIDE * MEASURE_SIDE
-    rng = np.random.default_rng(0)
-    pictures = [
-        prepare_image(
-            Image.fromarray(rng.integers(0, 256, (MEASURE_SIDE, MEASURE_SIDE, 3), np.uint8)),
-            784,
-            cap,
-        )
-        for _ in range(2 * MEASURE_PAIRS)
-    ]
+    pictures = random_pictures(2 * MEASURE_PAIRS, MEASURE_SIDE)
     images = [EngineImage(f"m{i}", p) for i, p in enumerate(pictures)]
     pairs = [(images[2 * i], images[2 * i + 1]) for i in range(MEASURE_PAIRS)]
     sampling = Sampling(1.0, 1.0, MEASURE_TOKENS, 0)
@@ -325,12 +330,9 @@ def measure_rollouts(model: str) -> None:
     from pathlib import Path
     from tempfile import TemporaryDirectory
 
-    import numpy as np
     import torch
-    from PIL import Image
     from transformers import AutoModelForImageTextToText
 
-    from evoquality.data.images import prepare_image
     from evoquality.engines.vllm_env import vllm_python
     from evoquality.models import load_processor
     from evoquality.rollout_server import local_server
@@ -343,15 +345,7 @@ def measure_rollouts(model: str) -> None:
     )
 
     cap = ROLLOUT_SIDE * ROLLOUT_SIDE
-    rng = np.random.default_rng(0)
-    images = [
-        prepare_image(
-            Image.fromarray(rng.integers(0, 256, (ROLLOUT_SIDE, ROLLOUT_SIDE, 3), np.uint8)),
-            784,
-            cap,
-        )
-        for _ in range(ROLLOUT_PROMPTS)
-    ]
+    images = random_pictures(ROLLOUT_PROMPTS, ROLLOUT_SIDE)
     message = scoring_messages(reasoning=False)
     settings = {"temperature": 1.0, "top_k": 50, "max_tokens": ROLLOUT_TOKENS}
 

@@ -466,12 +466,8 @@ class JobExecutor:
                 if pod.terminated:
                     return
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    with open(pod.log_path, "ab") as out:
-                        out.write(f"sidecar {container['name']}: startup probe failed\n".encode())
-                    self._stop_sidecars(pod)
-                    pod.exit_code = 1
-                    self._exits.put(pod.name)
-                    self._wake.set()
+                    message = f"sidecar {container['name']}: startup probe failed"
+                    self._fail_unstarted(pod, 1, message)
                     return
                 time.sleep(0.5)
         with self._lock:
@@ -483,16 +479,23 @@ class JobExecutor:
             try:
                 pod.proc = _popen((argv, env, cwd), out)
             except OSError as exc:  # the runtime cannot start it: StartError, exit 128
-                out.write(f"{exc}\n".encode())
-                self._stop_sidecars(pod)
-                pod.exit_code = 128
-                self._exits.put(pod.name)
-                self._wake.set()
-                return
+                start_error = str(exc)
+        if pod.proc is None:
+            self._fail_unstarted(pod, 128, start_error)
+            return
         pod.started_at = time.monotonic()
         threading.Thread(target=self._wait, args=(pod,), daemon=True).start()
         running = _container_status(pod, {"running": {"startedAt": now_iso()}}, "Running")
         self._patch_pod(pod, {**running, "startTime": now_iso()})
+
+    def _fail_unstarted(self, pod: PodRun, code: int, message: str) -> None:
+        """The main container never started: log why, stop the sidecars, exit ``code``."""
+        with open(pod.log_path, "ab") as out:
+            out.write(f"{message}\n".encode())
+        self._stop_sidecars(pod)
+        pod.exit_code = code
+        self._exits.put(pod.name)
+        self._wake.set()
 
     def _stop_sidecars(self, pod: PodRun) -> None:
         """The kubelet stops a pod's sidecars once its main container has exited."""
