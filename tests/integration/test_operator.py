@@ -615,10 +615,12 @@ def test_a_run_says_why_its_pods_wait(cluster: ClusterHandle):
     pods = f"/api/v1/namespaces/{NS}/pods"
     with operator():
         job = wait_for(lambda: _job(cluster, "waits-r0-vote"), message="vote Job")
-        started = {"Normal"} == {
-            e["type"] for e in cluster.events(NS, "waits") if e["reason"] == "StageStarted"
-        }
-        assert started
+        # the Event is posted right after the Job is created: wait for it, do not race it
+        started = wait_for(
+            lambda: [e for e in cluster.events(NS, "waits") if e["reason"] == "StageStarted"],
+            message="the StageStarted Event",
+        )
+        assert {e["type"] for e in started} == {"Normal"}
         cluster.api.request(  # the Job controller started it: a pod exists, none is Ready
             "PATCH", f"/apis/batch/v1/namespaces/{NS}/jobs/waits-r0-vote/status",
             body={"status": {"active": 1, "ready": 0, "startTime": now_iso()}},
