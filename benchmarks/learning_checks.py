@@ -10,8 +10,11 @@ Checks (the code the tests run, from `evoquality.experiments`):
 * ``grey``: `grey_oracle.run` from the plain `tiny` model (no CI test: bimodal over seeds),
   variants ``oracle`` and ``inverted`` (p* = 1 for the worse image);
 * ``short-oracle``: one oracle round of the self-evolution experiment on the committed weak base
-  (tests/e2e/test_self_evolution_short.py), variants ``oracle``, ``inverted`` (1 - p*) and
-  ``shuffled`` (p* permuted across pairs).
+  (tests/e2e/test_self_evolution_short.py), variants ``oracle``, ``inverted`` (1 - p*),
+  ``shuffled`` (p* permuted across pairs) and ``zero`` (a reward of 0 everywhere: the pipeline
+  that learns nothing). Probed statistics, deterministic (no sampling), always: the gains of the
+  expected Kendall tau of one sampled digit (`probe.sample_tau`), of expected-digit SRCC and of
+  comparison accuracy; sampled SRCC gains too unless ``--n-eval 0``.
 
 Every run is appended as one JSON line to ``<out>/<check>.jsonl`` (a rerun skips the runs already
 there; a new weak base starts a new file, the old one is kept as ``<check>-weak-v<N>.jsonl``);
@@ -30,15 +33,18 @@ from pathlib import Path
 
 import numpy as np
 
-CHECKS = {"grey": ("oracle", "inverted"), "short-oracle": ("oracle", "inverted", "shuffled")}
-# The statistic each test thresholds (see the tests' docstrings).
+CHECKS = {
+    "grey": ("oracle", "inverted"),
+    "short-oracle": ("oracle", "inverted", "shuffled", "zero"),
+}
+# The statistics tabulated (a row without one, from another protocol, is left out of its line).
 STATISTICS = {
     "grey": ("after_srcc", "gain"),
-    "short-oracle": ("gain1", "gain"),
+    "short-oracle": ("gain_tau", "gain_expected", "gain_compare", "gain1", "gain"),
 }
 
 
-def run_grey(seed: int, variant: str, work: Path, cache: Path) -> dict:
+def run_grey(seed: int, variant: str, work: Path, cache: Path, n_eval: int) -> dict:
     from evoquality.experiments import grey_oracle
     from evoquality.models import resolve_model
 
@@ -53,22 +59,33 @@ def run_grey(seed: int, variant: str, work: Path, cache: Path) -> dict:
     }
 
 
-def run_short_oracle(seed: int, variant: str, work: Path, cache: Path) -> dict:
+def run_short_oracle(seed: int, variant: str, work: Path, cache: Path, n_eval: int) -> dict:
     from evoquality.experiments import self_evolution as se
     from evoquality.models import committed_weak_base
 
-    result = se.short_oracle_check(seed, work, cache, labels=variant)
+    result = se.short_oracle_check(seed, work, cache, labels=variant, n_eval=n_eval)
     base, after = result["base"], result["after"]
-    return {
+    row = {
         "weak_base": committed_weak_base().name,
-        "base_srcc1": base["srcc1"],
-        "base_srcc": base["srcc"],
-        "after_srcc1": after["srcc1"],
-        "after_srcc": after["srcc"],
-        "gain1": after["srcc1"] - base["srcc1"],
-        "gain": after["srcc"] - base["srcc"],
-        "parse_rate": after["parse_rate"],
+        "base_expected_srcc": base["expected_srcc"],
+        "after_expected_srcc": after["expected_srcc"],
+        "gain_expected": after["expected_srcc"] - base["expected_srcc"],
+        "base_sample_tau": base["sample_tau"],
+        "gain_tau": after["sample_tau"] - base["sample_tau"],
+        "gain_compare": after["compare_acc"] - base["compare_acc"],
+        "after_spread": after["spread"],
     }
+    if n_eval:
+        row.update(
+            base_srcc1=base["srcc1"],
+            base_srcc=base["srcc"],
+            after_srcc1=after["srcc1"],
+            after_srcc=after["srcc"],
+            gain1=after["srcc1"] - base["srcc1"],
+            gain=after["srcc"] - base["srcc"],
+            parse_rate=after["parse_rate"],
+        )
+    return row
 
 
 RUNNERS = {"grey": run_grey, "short-oracle": run_short_oracle}
@@ -83,7 +100,9 @@ def summarise(rows: list[dict], check: str) -> str:
     for variant, threads in keys:
         group = [r for r in rows if (r["variant"], r["threads"]) == (variant, threads)]
         for stat in STATISTICS[check]:
-            x = np.array([r[stat] for r in group], dtype=float)
+            x = np.array([r[stat] for r in group if stat in r], dtype=float)
+            if not len(x):
+                continue
             sd = x.std(ddof=1) if len(x) > 1 else float("nan")
             lines.append(
                 f"| {variant} | {threads} | {len(x)} | {stat} | {x.mean():.3f} | {sd:.3f} "
@@ -98,6 +117,9 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=None, help="default: all of the check's")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(20)))
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument(
+        "--n-eval", type=int, default=16, help="sampled scores per image (0: probe only)"
+    )
     parser.add_argument("--out", type=Path, default=Path("docs/learning-checks"))
     parser.add_argument("--table-only", action="store_true", help="print the table of --out")
     args = parser.parse_args()
@@ -107,18 +129,19 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     raw = args.out / f"{args.check}.jsonl"
     rows = [json.loads(line) for line in raw.read_text().splitlines()] if raw.exists() else []
-    done = {(r["variant"], r["threads"], r["seed"]) for r in rows}
+    done = {(r["variant"], r["threads"], r["seed"], r.get("n_eval", 16)) for r in rows}
     cache = cache_dir()
     variants = args.variants or CHECKS[args.check]
     for threads in [] if args.table_only else args.threads:
         for variant in variants:
             for seed in args.seeds:
-                if (variant, threads, seed) in done:
+                if (variant, threads, seed, args.n_eval) in done:
                     continue
                 began = time.perf_counter()
                 with tempfile.TemporaryDirectory() as tmp, pinned_cpu(threads):
-                    stats = RUNNERS[args.check](seed, variant, Path(tmp), cache)
+                    stats = RUNNERS[args.check](seed, variant, Path(tmp), cache, args.n_eval)
                 row = {"variant": variant, "threads": threads, "seed": seed, **stats}
+                row["n_eval"] = args.n_eval
                 row["seconds"] = round(time.perf_counter() - began, 1)
                 print(json.dumps(row), flush=True)
                 with raw.open("a") as f:

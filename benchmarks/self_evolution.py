@@ -3,8 +3,11 @@
     HF_HUB_OFFLINE=1 EVOQUALITY_CACHE=/tmp/evo-cache python benchmarks/self_evolution.py \\
         --seeds 0 1 2 --arms evo oracle k1 shuffled bt --out /tmp/evo-bench
 
-Arms and protocol: `evoquality.experiments.self_evolution`. Prints a table and writes plots into
-docs/img/.
+Arms and protocol: `evoquality.experiments.self_evolution`. Prints the per-round table (mean ± std
+over seeds) and the gains after the last round (paired by seed, with 95 % t-intervals over seeds),
+writes the plot into docs/img/ and the raw numbers into ``--out``/results.json. Every checkpoint
+is also probed without sampling (expected-digit SRCC, comparison accuracy), so sharpening (sampled
+SRCC rises, expected-digit SRCC does not) is told apart from re-ranking.
 """
 
 from __future__ import annotations
@@ -18,59 +21,91 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from evoquality.experiments.self_evolution import ARMS, arm_spec, run_arm, score_model
+from evoquality.experiments.self_evolution import (
+    ARMS,
+    arm_spec,
+    probe_model,
+    run_arm,
+    score_model,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def cell(values) -> str:
+    values = [v for v in values if v is not None and np.isfinite(v)]
+    if not values:
+        return "-"
+    return f"{np.mean(values):.3f} ± {np.std(values):.3f}"
+
+
+def interval(values) -> tuple[float, float, float]:
+    """Mean and 95 % t-interval over seeds."""
+    from scipy.stats import t
+
+    x = np.asarray(values, dtype=float)
+    if len(x) < 2:
+        return float(x.mean()), float("nan"), float("nan")
+    half = t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+    return float(x.mean()), float(x.mean() - half), float(x.mean() + half)
+
+
 def table(results: list[dict], base: dict[int, dict]) -> str:
     lines = [
-        "| arm | round | SRCC (1 sample) | PLCC (1 sample) | SRCC (mean of n) | PLCC (mean of n) "
-        "| SRCC gain over base (1 sample / mean of n) | vote agreement |",
+        "| arm | round | SRCC (1 sample) | SRCC (mean of n) | PLCC (mean of n) "
+        "| expected-digit SRCC | comparison acc. | vote agreement |",
         "|---|---|---|---|---|---|---|---|",
     ]
-
-    def cell(values):
-        values = [v for v in values if v is not None and np.isfinite(v)]
-        if not values:
-            return "-"
-        return f"{np.mean(values):.3f} ± {np.std(values):.3f}"
-
     bases = list(base.values())
     lines.append(
-        f"| base | - | {cell([b['srcc1'] for b in bases])} | {cell([b['plcc1'] for b in bases])} "
-        f"| {cell([b['srcc'] for b in bases])} "
-        f"| {cell([b['plcc'] for b in bases])} | - | - |"
+        f"| base | - | {cell([b['srcc1'] for b in bases])} | {cell([b['srcc'] for b in bases])} "
+        f"| {cell([b['plcc'] for b in bases])} | {cell([b['expected_srcc'] for b in bases])} "
+        f"| {cell([b['compare_acc'] for b in bases])} | - |"
     )
     for arm in dict.fromkeys(r["arm"] for r in results):
         runs = [r for r in results if r["arm"] == arm]
         for k in range(len(runs[0]["rounds"])):
-            paired = [(r["rounds"][k], base[r["seed"]]) for r in runs if len(r["rounds"]) > k]
-            rows = [x for x, _ in paired]
-            gain1 = cell([x["srcc1"] - b["srcc1"] for x, b in paired])
-            gain = cell([x["srcc"] - b["srcc"] for x, b in paired])
+            rows = [r["rounds"][k] for r in runs if len(r["rounds"]) > k]
             lines.append(
-                f"| {arm} | {k} | {cell([x['srcc1'] for x in rows])} | "
-                f"{cell([x['plcc1'] for x in rows])} | "
-                f"{cell([x['srcc'] for x in rows])} | {cell([x['plcc'] for x in rows])} | "
-                f"{gain1} / {gain} | {cell([x.get('agreement') for x in rows])} |"
+                f"| {arm} | {k} | {cell([x['srcc1'] for x in rows])} "
+                f"| {cell([x['srcc'] for x in rows])} | {cell([x['plcc'] for x in rows])} "
+                f"| {cell([x['expected_srcc'] for x in rows])} "
+                f"| {cell([x['compare_acc'] for x in rows])} "
+                f"| {cell([x.get('agreement') for x in rows])} |"
             )
     n = len({r["seed"] for r in results})
-    lines.append(f"\nmean ± std over {n} seed(s)")
+    lines.append(f"\nmean ± std over {n} seed(s); round r = the policy after round r's training")
+    return "\n".join(lines)
+
+
+def gains(results: list[dict], base: dict[int, dict]) -> str:
+    """Each arm's gain over the base after its last round, paired by seed, with 95 % CIs."""
+    stats = (("srcc", "mean-of-n SRCC"), ("srcc1", "single-sample SRCC"))
+    stats += (("expected_srcc", "expected-digit SRCC"), ("compare_acc", "comparison acc."))
+    head = " | ".join(f"{name} gain (95 % CI)" for _, name in stats)
+    lines = [f"| arm | {head} | seeds gaining (mean of n) |", "|---" * (len(stats) + 2) + "|"]
+    for arm in dict.fromkeys(r["arm"] for r in results):
+        runs = [r for r in results if r["arm"] == arm]
+        cells = []
+        for key, _ in stats:
+            mean, lo, hi = interval([r["rounds"][-1][key] - base[r["seed"]][key] for r in runs])
+            cells.append(f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+        up = sum(r["rounds"][-1]["srcc"] > base[r["seed"]]["srcc"] for r in runs)
+        lines.append(f"| {arm} | {' | '.join(cells)} | {up} of {len(runs)} |")
     return "\n".join(lines)
 
 
 def plot(results: list[dict], base: dict[int, dict], path: Path) -> None:
+    """One figure: held-out SRCC per round and arm (mean ± std over seeds), sampled and probed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), dpi=90)
-    base_mean = {k: np.mean([b[k] for b in base.values()]) for k in ("srcc1", "srcc")}
-    for ax, key, title in zip(
-        axes, ("srcc1", "srcc"), ("single-sample SRCC", "mean-of-n SRCC"), strict=True
-    ):
+    panels = (("srcc", "mean-of-n SRCC"), ("srcc1", "single-sample SRCC"))
+    panels += (("expected_srcc", "expected-digit SRCC (no sampling)"),)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), dpi=90, sharey=True)
+    for ax, (key, title) in zip(axes, panels, strict=True):
         for arm in dict.fromkeys(r["arm"] for r in results):
             runs = [r for r in results if r["arm"] == arm]
             curves = np.array(
@@ -78,9 +113,11 @@ def plot(results: list[dict], base: dict[int, dict], path: Path) -> None:
             )
             x = np.arange(curves.shape[1])
             ax.errorbar(x, curves.mean(0), yerr=curves.std(0), label=arm, capsize=3, marker="o")
-        ax.axhline(base_mean[key], color="grey", lw=0.8, ls="--")
+        ax.axhline(np.mean([b[key] for b in base.values()]), color="grey", lw=0.8, ls="--")
+        ax.axhline(0.0, color="black", lw=0.5)
         ax.set_xlabel("policy (0 = base, r = after round r-1)")
         ax.set_title(title)
+    axes[0].set_ylabel("held-out SRCC")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -106,13 +143,18 @@ def main() -> None:
     base_spec = parse_spec({**arm_spec("evo", 0, overrides), "storage": {"uri": str(args.out)}})
     base_path = resolve_model(base_spec.model.base, cache)
     print(f"base model {base_path} ready after {time.perf_counter() - began:.0f} s", flush=True)
-    base = {s: score_model(base_path, base_spec, cache, args.n_eval, s) for s in args.seeds}
+    probed = probe_model(base_path, base_spec, cache)  # deterministic: the same for every seed
+    base = {
+        s: {**score_model(base_path, base_spec, cache, args.n_eval, s), **probed}
+        for s in args.seeds
+    }
     print(f"base: {json.dumps(base)}", flush=True)
     results = []
     for seed in args.seeds:
         for arm in args.arms:
             results.append(run_arm(arm, seed, args.out, cache, args.n_eval, overrides))
     print(table(results, base))
+    print(gains(results, base))
     (args.out / "results.json").write_text(json.dumps({"base": base, "runs": results}, indent=1))
     plot(results, base, args.plot)
     print(f"total {time.perf_counter() - began:.0f} s; plot {args.plot}")

@@ -9,11 +9,12 @@ into the cache, so the quickstart needs no downloads.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -40,6 +41,29 @@ def stable_seed(*parts: object) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
+_SEALED: set[str] = set()
+
+
+class SealedSplitError(RuntimeError):
+    """A sealed SynIQA split was asked for (`sealed_splits`)."""
+
+
+@contextlib.contextmanager
+def sealed_splits(*splits: str) -> Iterator[None]:
+    """Within the block, resolving `syniqa:<split>` for any of ``splits`` raises
+    `SealedSplitError`: a search that must not see the held-out photos seals ``test`` (and
+    ``all``, which contains them) so that any read of them fails loudly."""
+    unknown = set(splits) - set(SYNIQA_SPLITS)
+    if unknown:
+        raise ValueError(f"unknown SynIQA splits {sorted(unknown)}; use {SYNIQA_SPLITS}")
+    added = set(splits) - _SEALED
+    _SEALED.update(added)
+    try:
+        yield
+    finally:
+        _SEALED.difference_update(added)
+
+
 def resolve_manifest(uri: str, cache: Path) -> str:
     """A manifest URI as `read_manifest` takes it; `syniqa:<split>[?size=N&crops=C]` is built on
     first use (C scenes per photo, `evoquality.data.syniqa.reference_crops`; default 1).
@@ -52,6 +76,8 @@ def resolve_manifest(uri: str, cache: Path) -> str:
     split = parsed.path
     if split not in SYNIQA_SPLITS:
         raise ValueError(f"{uri}: unknown SynIQA split {split!r}; use one of {SYNIQA_SPLITS}")
+    if split in _SEALED:
+        raise SealedSplitError(f"{uri}: the SynIQA split {split!r} is sealed here")
     query = parse_qs(parsed.query)
     size = int(query.get("size", ["56"])[0])
     crops = int(query.get("crops", ["1"])[0])

@@ -65,7 +65,14 @@ class PretrainSettings:
     photos: tuple[str, ...] | None = None
     # Distortion families trained on (None = all; the pristine scenes are always in).
     families: tuple[str, ...] | None = None
-    compare_share: float = 0.2  # share of comparison examples in a batch
+    # Probability that a draw is a comparison (a draw is one example, two with
+    # compare_both_orders: then 2p / (1 + p) of the examples are comparisons).
+    compare_share: float = 0.2
+    # Std of fresh N(0, score_noise) noise on each scoring answer's target (comparison answers and
+    # the vision probe keep the clean target): a single score becomes a noisy readout of a
+    # perception its comparisons read directly, the paper's asymmetry (docs/self-evolution.md).
+    score_noise: float = 0.0
+    compare_both_orders: bool = False  # each comparison example also in the swapped order
     visual_lr_scale: float = 1.0  # learning-rate factor of the vision tower (see _optimizer)
     tiny_warmup_steps: int = 100  # the tiny model's own format warm-up (random answers)
     hidden_size: int = 64  # language model width (evoquality.tiny_model)
@@ -106,6 +113,37 @@ def compare_answer(target_first: float, target_second: float, rng: np.random.Gen
     if target_first == target_second:
         return answer_text(int(rng.integers(0, 2)))
     return answer_text(0 if target_first > target_second else 1)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One teacher-forced example: the image indices (1 = scoring, 2 = comparison) and the
+    answer text."""
+
+    images: tuple[int, ...]
+    answer: str
+
+
+def batch_examples(
+    targets: np.ndarray, settings: PretrainSettings, rng: np.random.Generator
+) -> list[Example]:
+    """One batch: a comparison with probability ``compare_share`` (both orders with
+    ``compare_both_orders``, answered from the clean targets), else a scoring example whose target
+    gets fresh N(0, ``score_noise``) noise."""
+    examples: list[Example] = []
+    while len(examples) < settings.batch_size:
+        if rng.random() < settings.compare_share:
+            i, j = (int(x) for x in rng.choice(len(targets), size=2, replace=False))
+            orders = [(i, j), (j, i)] if settings.compare_both_orders else [(i, j)]
+            for a, b in orders[: settings.batch_size - len(examples)]:
+                examples.append(Example((a, b), compare_answer(targets[a], targets[b], rng)))
+        else:
+            i = int(rng.integers(0, len(targets)))
+            target = targets[i]
+            if settings.score_noise:
+                target = target + rng.normal(0.0, settings.score_noise)
+            examples.append(Example((i,), score_answer(target)))
+    return examples
 
 
 def load_scenes(uri: str, cache: Path, image_size: int, photos=None, families=None):
@@ -218,19 +256,10 @@ def _supervised_steps(model, processor, images, targets, settings: PretrainSetti
     model.train()
     loss_value = float("nan")
     for _ in range(settings.steps):
-        texts, batch_images, batch_targets = [], [], []
-        for _ in range(settings.batch_size):
-            if rng.random() < settings.compare_share:
-                i, j = rng.choice(len(images), size=2, replace=False)
-                answer = compare_answer(targets[i], targets[j], rng)
-                texts.append(prompt_text[2] + answer + "<|im_end|>\n")
-                batch_images.append([images[i], images[j]])
-                batch_targets += [targets[i], targets[j]]
-            else:
-                i = int(rng.integers(0, len(images)))
-                texts.append(prompt_text[1] + score_answer(targets[i]) + "<|im_end|>\n")
-                batch_images.append([images[i]])
-                batch_targets.append(targets[i])
+        examples = batch_examples(targets, settings, rng)
+        texts = [prompt_text[len(ex.images)] + ex.answer + "<|im_end|>\n" for ex in examples]
+        batch_images = [[images[i] for i in ex.images] for ex in examples]
+        batch_targets = [targets[i] for ex in examples for i in ex.images]
         if probe:
             probe.targets = batch_targets
         loss_value = answer_step(

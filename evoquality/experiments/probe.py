@@ -3,10 +3,17 @@ comparison prompts (no sampling), used by `benchmarks/weak_base.py` and the weak
 
 * SRCC of the expected first score digit: from the probabilities of ``1``..``5`` after ``\\boxed{``
   in the scoring answer (what many sampled scores average to), and its spread across images;
+* the expected Kendall tau of ONE sampled first digit per image (`sample_tau`), exact from the
+  same probabilities: what single-sample SRCC measures, without its sampling noise, so it sees a
+  sharper score distribution as well as a re-ranking;
 * comparison accuracy on 160 random pairs with different pseudo-MOS, from P(``0``) vs P(``1``)
   after ``\\boxed{``, averaged over both image orders, and the position bias (mean P(first) - 0.5);
 * per distortion family, the SRCC of the expected digit within that family (plus the pristine
-  scenes).
+  scenes);
+* `Probe.asymmetry`: comparing against scoring on the same pairs, the paper's premise: a single
+  comparison vote's accuracy and the K-vote majority's (K/2 votes in each image order, exact from
+  the binomials), against the pair accuracy of single sampled scores and of mean-of-n scores
+  (first digits drawn from the probed distribution, seeded).
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import spearmanr
+from scipy.stats import binom, spearmanr
 
 
 class Probe:
@@ -66,11 +73,78 @@ class Probe:
         truth = np.array([mos[a] > mos[b] for a, b in pairs])
         return {
             "srcc": float(spearmanr(expected, mos).statistic),
+            "sample_tau": sample_tau(p, np.asarray(mos, dtype=np.float64)),
             "spread": float(expected.std()),
             "compare_acc": float(((a_better > 0.5) == truth).mean()),
             "position_bias": float(first.mean() - 0.5),
             "per_family": per_family,
         }
+
+    def asymmetry(
+        self, images: list, mos: np.ndarray, pairs: int = 1000, k: int = 8, n: int = 16, seed=0
+    ) -> dict:
+        """Comparison against scoring on the same random pairs of different pseudo-MOS."""
+        rng = np.random.default_rng(seed)
+        drawn = [tuple(rng.choice(len(images), 2, replace=False)) for _ in range(pairs)]
+        drawn = [(a, b) for a, b in drawn if mos[a] != mos[b]]
+        a, b = np.array(drawn).T
+        truth = mos[a] > mos[b]
+        q = self.digit_probs(
+            [[images[i], images[j]] for i, j in drawn] + [[images[j], images[i]] for i, j in drawn]
+        )
+        first = q[:, 0] / (q[:, 0] + q[:, 1])
+        a_first, a_second = first[: len(drawn)], 1 - first[len(drawn) :]  # P(a named better)
+        right_first = np.where(truth, a_first, 1 - a_first)
+        right_second = np.where(truth, a_second, 1 - a_second)
+        p = self.digit_probs([[img] for img in images])[:, 1:6]
+        digits = sampled_digits(p, n, rng).astype(np.float64)
+        sign = np.where(truth, 1.0, -1.0)[:, None]
+        single = np.sign((digits[a] - digits[b]) * sign)  # per sample: +1 right, 0 tie, -1 wrong
+        mean_n = np.sign((digits[a].mean(1) - digits[b].mean(1)) * sign[:, 0])
+        expected = (p * np.arange(1, 6)).sum(1) / p.sum(1)
+        return {
+            "pairs": len(drawn),
+            "vote_acc": float(((right_first + right_second) / 2).mean()),
+            "majority_acc": float(majority_accuracy(right_first, right_second, k).mean()),
+            "score_pair_acc": float((single.mean() + 1) / 2),
+            "mean_score_pair_acc": float((mean_n.mean() + 1) / 2),
+            "expected_pair_acc": float(
+                ((np.sign((expected[a] - expected[b]) * sign[:, 0])).mean() + 1) / 2
+            ),
+            "srcc1": float(np.mean([spearmanr(digits[:, s], mos).statistic for s in range(n)])),
+            "srcc_mean": float(spearmanr(digits.mean(1), mos).statistic),
+            "expected_srcc": float(spearmanr(expected, mos).statistic),
+            "position_bias": float(first.mean() - 0.5),
+        }
+
+
+def sample_tau(p: np.ndarray, mos: np.ndarray) -> float:
+    """Expected Kendall tau-a between ``mos`` and one first digit drawn per image from ``p``
+    (n_images x 5, digits 1..5): over pairs of different MOS, P(concordant) - P(discordant),
+    ties of the digits counting 0."""
+    p = p / p.sum(1, keepdims=True)
+    above = np.tril(np.ones((p.shape[1], p.shape[1])), -1)  # above[i, j] = 1 where digit i > j
+    greater = p @ above @ p.T  # greater[a, b] = P(digit of a > digit of b)
+    sign = np.sign(mos[:, None] - mos[None, :])
+    return float((sign * (greater - greater.T)).sum() / np.count_nonzero(sign))
+
+
+def majority_accuracy(correct_first: np.ndarray, correct_second: np.ndarray, k: int) -> np.ndarray:
+    """P(the majority of k votes is right), ties counted half, per pair: k/2 votes in each image
+    order, each vote right with probability ``correct_first`` / ``correct_second``."""
+    half = np.arange(k // 2 + 1)
+    first = binom.pmf(half[None, :], k // 2, correct_first[:, None])
+    second = binom.pmf(half[None, :], k // 2, correct_second[:, None])
+    right = np.stack([np.convolve(f, g) for f, g in zip(first, second, strict=True)])
+    totals = np.arange(right.shape[1])
+    return right[:, totals > k // 2].sum(1) + 0.5 * right[:, totals == k // 2].sum(1)
+
+
+def sampled_digits(p: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n first score digits (1..5) per image drawn from its probed distribution ``p``."""
+    cumulative = np.cumsum(p / p.sum(1, keepdims=True), axis=1)
+    draws = rng.random((len(p), n, 1))
+    return 1 + (draws > cumulative[:, None, :-1]).sum(-1)
 
 
 def load_split(uri: str, cache: Path, size: int, limit: int | None, photos=None, seed: int = 0):

@@ -9,14 +9,17 @@ Arms (same budget: same spec, pairs, GRPO steps; only the labels differ):
 * ``k1``: one vote per pair;
 * ``shuffled``: the hard-majority labels with p* permuted across pairs (must not improve);
 * ``bt``: global Bradley-Terry labels (``ranking.labels: bradley-terry``);
-* ``oracle-shuffled`` / ``oracle-inverted``: the oracle labels with p* permuted across pairs /
-  turned into 1 - p* (the broken controls of the short oracle check; no voting).
+* ``oracle-shuffled`` / ``oracle-inverted`` / ``oracle-zero``: the oracle labels with p* permuted
+  across pairs / turned into 1 - p* / every pair's confidence weight set to 0, so the fidelity
+  reward is 0 for every sample (the broken controls of the short oracle check; no voting).
 
 Vote and train run through the stage entry point (`evoquality.stages.run_stage`); for ``oracle`` and
 ``shuffled`` the round's rank attempt is committed here (labels.parquet + scores.parquet, the rank
 stage's schema) before training. Every round's checkpoint is scored on the held-out references
 with n sampled scores per image: single-sample SRCC (averaged over the n samples) and mean-of-n
-SRCC/PLCC. The spec is the source checkout's examples/self-evolution-cpu.yaml.
+SRCC/PLCC, and probed without sampling (`probe.Probe`): the SRCC of the expected first score digit
+and the comparison accuracy, which tell re-ranking from sharpening. The spec is the source
+checkout's examples/self-evolution-cpu.yaml.
 """
 
 from __future__ import annotations
@@ -34,7 +37,14 @@ import yaml
 SPEC = Path(__file__).resolve().parents[2] / "examples" / "self-evolution-cpu.yaml"
 ARMS = ("evo", "oracle", "k1", "shuffled", "bt")
 # Arms whose labels come from the MOS (no voting).
-ORACLE_ARMS = ("oracle", "oracle-shuffled", "oracle-inverted")
+ORACLE_ARMS = ("oracle", "oracle-shuffled", "oracle-inverted", "oracle-zero")
+# The short oracle check's label variants: the correct pipeline and its broken controls.
+SHORT_VARIANTS = {
+    "oracle": "oracle",
+    "shuffled": "oracle-shuffled",
+    "inverted": "oracle-inverted",
+    "zero": "oracle-zero",
+}
 # The short oracle check (tests/e2e/test_self_evolution_short.py): one round with twice the pairs,
 # four times the steps and three times the learning rate of one experiment round, scored with 16
 # samples per held-out image (lr 1e-4 left seed 1 at +0.00: docs/self-evolution.md).
@@ -55,6 +65,9 @@ def arm_spec(arm: str, seed: int, overrides: dict | None = None) -> dict:
         spec["voting"]["votesPerPair"] = 1
     if arm == "bt":
         spec["ranking"]["labels"] = "bradley-terry"
+    if arm == "oracle-zero":  # weights 0 zero the reward only where weights apply
+        spec["ranking"]["confidenceWeighting"] = True
+        spec["training"]["scaleRewards"] = "batch"
     for dotted, value in (overrides or {}).items():
         node = spec
         *path, last = dotted.split(".")
@@ -139,23 +152,47 @@ def shuffled_labels(run_uri: str, round_index: int, seed: int) -> tuple[pa.Table
     return table, {"agreement": float(np.nanmean(agree))}
 
 
-def score_model(model_path: str, spec_obj, cache: Path, n: int, seed: int) -> dict:
-    """Held-out SRCC/PLCC: single-sample (mean over the n samples) and mean-of-n."""
+def heldout(spec_obj, cache: Path):
+    """The spec's first benchmark as the model sees it: (manifest, prepared images)."""
     from evoquality.data.images import load_images, prepare_image
-    from evoquality.engines import EngineImage, Sampling, make_engine
-    from evoquality.metrics import evaluate
     from evoquality.pool import load_manifest
-    from evoquality.prompts import parse_score
 
     bench = spec_obj.evaluation.benchmarks[0]
     manifest = load_manifest(bench.manifest, cache, bench.max_images)
     raw, _ = load_images(manifest.images)
     m = spec_obj.model
-    items = [
-        EngineImage(k, prepare_image(img, m.min_pixels, m.max_pixels))
-        for k, img in zip(manifest.ids, raw, strict=True)
-    ]
-    engine = make_engine(m, model_path, seed=seed)
+    return manifest, [prepare_image(img, m.min_pixels, m.max_pixels) for img in raw]
+
+
+def probe_model(model_path: str, spec_obj, cache: Path) -> dict:
+    """Held-out perception without sampling (`probe.Probe.measure`): expected-digit SRCC, its
+    spread, the expected Kendall tau of one sampled digit, comparison accuracy over both orders
+    and position bias; deterministic."""
+    from evoquality.experiments.probe import Probe
+
+    manifest, images = heldout(spec_obj, cache)
+    families = [str(d) for d in manifest.columns["distortion"]]
+    measured = Probe(Path(model_path)).measure(
+        images, np.asarray(manifest.mos, dtype=np.float64), families
+    )
+    return {
+        "expected_srcc": measured["srcc"],
+        "sample_tau": measured["sample_tau"],
+        "spread": measured["spread"],
+        "compare_acc": measured["compare_acc"],
+        "position_bias": measured["position_bias"],
+    }
+
+
+def score_model(model_path: str, spec_obj, cache: Path, n: int, seed: int) -> dict:
+    """Held-out SRCC/PLCC: single-sample (mean over the n samples) and mean-of-n."""
+    from evoquality.engines import EngineImage, Sampling, make_engine
+    from evoquality.metrics import evaluate
+    from evoquality.prompts import parse_score
+
+    manifest, images = heldout(spec_obj, cache)
+    items = [EngineImage(k, img) for k, img in zip(manifest.ids, images, strict=True)]
+    engine = make_engine(spec_obj.model, model_path, seed=seed)
     sampling = Sampling(1.0, 1.0, spec_obj.evaluation.max_new_tokens, seed)
     texts: list[list[str]] = []
     for lo in range(0, len(items), 16):
@@ -209,6 +246,9 @@ def run_arm(arm: str, seed: int, out: Path, cache: Path, n_eval: int, overrides=
             labels = labels.set_column(
                 labels.schema.get_field_index("p_star"), "p_star", pa.array(p_star)
             )
+            if arm == "oracle-zero":
+                zeros = pa.array(np.zeros(labels.num_rows))
+                labels = labels.set_column(labels.schema.get_field_index("weight"), "weight", zeros)
             commit_labels(run_uri, r, labels, arm)
         else:
             vote = _stage("vote", run_uri, spec_file, r)
@@ -224,25 +264,34 @@ def run_arm(arm: str, seed: int, out: Path, cache: Path, n_eval: int, overrides=
         store = open_store(run_uri)
         ckpt = artifacts.resolve(store, artifacts.read_summary(store, "train", r), "checkpoint")
         model_path = resolve_model(store.uri_for(ckpt), cache)
-        info.update(score_model(model_path, spec_obj, cache, n_eval, seed))
+        if n_eval:
+            info.update(score_model(model_path, spec_obj, cache, n_eval, seed))
+        info.update(probe_model(model_path, spec_obj, cache))
         info["seconds"] = round(time.perf_counter() - began, 1)
         print(f"  {arm} seed {seed} round {r}: {json.dumps(info)}", flush=True)
         rounds.append(info)
     return {"arm": arm, "seed": seed, "rounds": rounds}
 
 
-def short_oracle_check(seed: int, out: Path, cache: Path, labels: str = "oracle") -> dict:
-    """The short oracle check: the base's and the trained policy's held-out scores.
+def short_oracle_check(
+    seed: int, out: Path, cache: Path, labels: str = "oracle", n_eval: int = SHORT_N_EVAL
+) -> dict:
+    """The short oracle check: the base's and the trained policy's held-out perception, probed
+    (expected-digit SRCC, comparison accuracy) and, with ``n_eval`` > 0, sampled (n_eval scores
+    per image; the CI test's statistic).
 
-    ``labels``: ``oracle`` (true-MOS p*), ``shuffled`` (the same p* permuted across pairs) or
-    ``inverted`` (1 - p*)."""
+    ``labels``: a key of `SHORT_VARIANTS`: ``oracle`` (true-MOS p*), ``shuffled`` (the same p*
+    permuted across pairs), ``inverted`` (1 - p*) or ``zero`` (a reward of 0 everywhere)."""
     from evoquality.models import resolve_model
     from evoquality.spec import parse_spec
 
-    arm = {"oracle": "oracle", "shuffled": "oracle-shuffled", "inverted": "oracle-inverted"}[labels]
+    arm = SHORT_VARIANTS[labels]
     spec = parse_spec({**arm_spec(arm, seed, SHORT_ORACLE), "storage": {"uri": str(out)}})
-    base = score_model(resolve_model(spec.model.base, cache), spec, cache, SHORT_N_EVAL, seed)
-    run = run_arm(arm, seed, out, cache, SHORT_N_EVAL, SHORT_ORACLE)
+    base_path = resolve_model(spec.model.base, cache)
+    base = probe_model(base_path, spec, cache)
+    if n_eval:
+        base.update(score_model(base_path, spec, cache, n_eval, seed))
+    run = run_arm(arm, seed, out, cache, n_eval, SHORT_ORACLE)
     return {"base": base, "after": run["rounds"][-1]}
 
 

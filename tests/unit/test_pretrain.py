@@ -1,8 +1,18 @@
-"""Pure logic of the weak-base pretraining (evoquality.pretrain): targets, selection, answers."""
+"""Pure logic of the weak-base pretraining (evoquality.pretrain): targets, selection, answers,
+the examples of a batch."""
+
+import dataclasses
 
 import numpy as np
 
-from evoquality.pretrain import compare_answer, noisy_targets, score_answer, select_images
+from evoquality.pretrain import (
+    PretrainSettings,
+    batch_examples,
+    compare_answer,
+    noisy_targets,
+    score_answer,
+    select_images,
+)
 from evoquality.prompts import parse_choice, parse_score
 
 
@@ -39,6 +49,42 @@ def test_answers_parse_back():
     assert parse_choice(compare_answer(4.0, 2.0, rng)) == 0
     assert parse_choice(compare_answer(2.0, 4.0, rng)) == 1
     assert {parse_choice(compare_answer(3.0, 3.0, rng)) for _ in range(50)} == {0, 1}
+
+
+def _batches(settings, targets, n=200):
+    rng = np.random.default_rng(5)
+    return [ex for _ in range(n) for ex in batch_examples(targets, settings, rng)]
+
+
+def test_noisy_scores_leave_comparisons_clean_and_both_orders_agree():
+    targets = np.linspace(1.0, 5.0, 40)
+    settings = dataclasses.replace(
+        PretrainSettings(), compare_share=0.5, compare_both_orders=True, score_noise=1.0
+    )
+    examples = _batches(settings, targets)
+    assert all(len(b) == settings.batch_size for b in [examples[:8], examples[8:16]])
+    scoring = [ex for ex in examples if len(ex.images) == 1]
+    errors = np.array([parse_score(ex.answer) - targets[ex.images[0]] for ex in scoring])
+    inside = np.array([1.5 < targets[ex.images[0]] < 4.5 for ex in scoring])
+    assert 0.7 < errors[inside].std() < 1.2  # fresh noise of sd 1 (clipping aside)
+    pairs = [ex for ex in examples if len(ex.images) == 2]
+    assert 0.6 < len(pairs) / len(examples) < 0.72  # half the draws, two examples each: 2/3
+    for ex in pairs:  # distinct targets here: every comparison answer is the clean order
+        a, b = ex.images
+        assert parse_choice(ex.answer) == (0 if targets[a] > targets[b] else 1)
+    swapped = {ex.images for ex in pairs}
+    assert sum((b, a) in swapped for a, b in swapped) >= 0.9 * len(swapped)
+
+
+def test_default_batches_score_clean_targets_in_one_order():
+    targets = np.linspace(1.0, 5.0, 2000)  # many images: a pair drawn twice is rare
+    examples = _batches(PretrainSettings(), targets)
+    for ex in examples:
+        if len(ex.images) == 1:
+            assert parse_score(ex.answer) == round(targets[ex.images[0]], 2)
+    pairs = [ex.images for ex in examples if len(ex.images) == 2]
+    assert 0.1 < len(pairs) / len(examples) < 0.3
+    assert sum((b, a) in set(pairs) for a, b in pairs) < 0.1 * len(pairs)
 
 
 def test_frequency_filter_bank_separates_brightness_colour_and_frequency():

@@ -194,3 +194,22 @@ def test_builtin_uri_with_crops_is_built_once_and_split_by_photo(tmp_path):
     assert len(test) == 2 * len(plain)
     with pytest.raises(ValueError, match="crops must be >= 1"):
         resolve_manifest("syniqa:test?size=28&crops=0", tmp_path)
+
+
+def test_sealed_splits_refuse_the_held_out_photos_only_inside_the_block(tmp_path):
+    from evoquality.pool import SealedSplitError, load_manifest, sealed_splits
+
+    with sealed_splits("test", "all"):
+        for split in ("test", "all"):
+            with pytest.raises(SealedSplitError, match=f"split '{split}' is sealed"):
+                load_manifest(f"syniqa:{split}?size=28", tmp_path)
+        train = load_manifest("syniqa:train?size=28", tmp_path)  # still readable
+        with sealed_splits("test"):  # nested: the outer seal survives the inner block
+            pass
+        with pytest.raises(SealedSplitError):
+            load_manifest("syniqa:test?size=28", tmp_path)
+    assert len(load_manifest("syniqa:test?size=28", tmp_path)) > 0
+    assert len(train) > 0
+    with pytest.raises(ValueError, match="unknown SynIQA splits"):
+        with sealed_splits("validation"):
+            pass

@@ -1,0 +1,174 @@
+"""Choosing the pairwise base's recipe by cross-validation over the TRAINING photos only
+(docs/self-evolution.md, "The pairwise base").
+
+    HF_HUB_OFFLINE=1 EVOQUALITY_CACHE=/tmp/evo-cache python benchmarks/base_search.py --workers 2
+    python benchmarks/base_search.py --table-only          # the table and the choice, from the log
+
+The 7 training photos of `syniqa:train` are split into 3 folds (sorted names, every third). For
+each candidate recipe (`CANDIDATES`, fixed before the search ran) and fold, the base is
+pre-trained on the other photos and probed on the fold's photos (`probe.Probe.asymmetry`: a
+comparison vote's accuracy and the K = 8 majority's over both orders, against the pair accuracy of
+single and mean-of-16 sampled scores). While the search runs, `syniqa:test` and `syniqa:all` are
+sealed (`pool.sealed_splits`): any read of the held-out photos raises. Every build is appended as
+one JSON line to ``docs/base-search/search.jsonl`` (a rerun skips the builds already there).
+
+The rule, stated before the search: the paper's premise is that the K-vote majority of comparisons
+is more reliable than the model's scores, so the chosen recipe maximises the mean over folds of
+``majority_acc - mean_score_pair_acc`` (the asymmetry) among the candidates whose mean
+``majority_acc`` is at least `MIN_MAJORITY_ACC` (labels that carry a signal); ties by the higher
+majority accuracy. The chosen recipe is then built on all 7 training photos
+(`pretrain.pretrain_weak_base`) and only then measured on the held-out photos, once. (First search,
+docs/self-evolution.md: no candidate's comparisons beat chance on the validation photos, so none
+was chosen and nothing was built.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import multiprocessing
+import os
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+FOLDS = 3
+MIN_MAJORITY_ACC = 0.60
+# Every candidate is `PretrainSettings()` (the tiny-weak v3 recipe) with these changes.
+CANDIDATES: dict[str, dict] = {
+    "v3 recipe": {},
+    "comparisons 50 %, both orders": {"compare_share": 0.5, "compare_both_orders": True},
+    "comparisons 50 %, both orders, noisy scores": {
+        "compare_share": 0.5,
+        "compare_both_orders": True,
+        "score_noise": 1.0,
+    },
+    "comparisons 50 %, both orders, noisy scores, wider LM": {
+        "compare_share": 0.5,
+        "compare_both_orders": True,
+        "score_noise": 1.0,
+        "hidden_size": 128,
+    },
+}
+PROBE_PAIRS = 1000
+LOG = Path("docs/base-search/search.jsonl")
+
+
+def training_photos() -> list[str]:
+    from evoquality.data.syniqa import split_references
+
+    return sorted(split_references(0.75, seed=0)[0])
+
+
+def folds() -> list[list[str]]:
+    photos = training_photos()
+    return [photos[f::FOLDS] for f in range(FOLDS)]
+
+
+def settings_of(candidate: str, photos: list[str] | None, seed: int = 0):
+    from evoquality.pretrain import PretrainSettings
+
+    return dataclasses.replace(
+        PretrainSettings(), **CANDIDATES[candidate], seed=seed, photos=photos and tuple(photos)
+    )
+
+
+def probe_split(path: Path, cache: Path, split: str, size: int, photos=None) -> dict:
+    """`Probe.asymmetry` on 4 scenes of each photo of the split (only ``photos`` when given)."""
+    from evoquality.experiments.probe import Probe, load_split
+
+    images, mos, _ = load_split(f"syniqa:{split}?size={size}&crops=4", cache, size, None, photos)
+    return Probe(path).asymmetry(images, mos, pairs=PROBE_PAIRS)
+
+
+def run_fold(candidate: str, fold: int, cache: Path) -> dict:
+    """Build the candidate without the fold's photos and probe it on them (test split sealed)."""
+    from evoquality.determinism import pinned_cpu
+    from evoquality.pool import sealed_splits
+    from evoquality.pretrain import pretrain_weak_base
+
+    held = folds()[fold]
+    fit = [p for p in training_photos() if p not in held]
+    settings = settings_of(candidate, fit)
+    began = time.perf_counter()
+    with sealed_splits("test", "all"), tempfile.TemporaryDirectory() as tmp, pinned_cpu(1):
+        path = pretrain_weak_base(Path(tmp) / "base", cache, settings)
+        built = time.perf_counter() - began
+        measured = probe_split(path, cache, "train", settings.image_size, held)
+    return {
+        "candidate": candidate,
+        "fold": fold,
+        "validation_photos": held,
+        **measured,
+        "gap": measured["majority_acc"] - measured["mean_score_pair_acc"],
+        "build_seconds": round(built, 1),
+    }
+
+
+def table(rows: list[dict]) -> tuple[str, str | None]:
+    """The per-candidate means over folds, and the candidate the rule chooses."""
+    cols = ("vote_acc", "majority_acc", "score_pair_acc", "mean_score_pair_acc", "expected_srcc")
+    lines = [
+        "| candidate | folds | comparison vote acc. | K=8 majority acc. | single-score pair acc. "
+        "| mean-of-16 pair acc. | asymmetry (majority - mean-of-16) | expected-digit SRCC "
+        "| position bias |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    eligible = []
+    for name in CANDIDATES:
+        group = [r for r in rows if r["candidate"] == name]
+        if not group:
+            continue
+        mean = {c: float(np.mean([r[c] for r in group])) for c in (*cols, "gap", "position_bias")}
+        sd = {c: float(np.std([r[c] for r in group])) for c in ("gap", "majority_acc")}
+        lines.append(
+            f"| {name} | {len(group)} | {mean['vote_acc']:.3f} | {mean['majority_acc']:.3f} "
+            f"± {sd['majority_acc']:.3f} | {mean['score_pair_acc']:.3f} "
+            f"| {mean['mean_score_pair_acc']:.3f} | {mean['gap']:+.3f} ± {sd['gap']:.3f} "
+            f"| {mean['expected_srcc']:.3f} | {mean['position_bias']:+.3f} |"
+        )
+        if len(group) == FOLDS and mean["majority_acc"] >= MIN_MAJORITY_ACC:
+            eligible.append((mean["gap"], mean["majority_acc"], name))
+    chosen = max(eligible)[2] if eligible else None
+    return "\n".join(lines), chosen
+
+
+def read_log() -> list[dict]:
+    return [json.loads(line) for line in LOG.read_text().splitlines()] if LOG.exists() else []
+
+
+def search(workers: int, cache: Path) -> None:
+    done = {(r["candidate"], r["fold"]) for r in read_log()}
+    todo = [(c, f) for c in CANDIDATES for f in range(FOLDS) if (c, f) not in done]
+    LOG.parent.mkdir(parents=True, exist_ok=True)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        futures = [pool.submit(run_fold, c, f, cache) for c, f in todo]
+        for future in futures:
+            row = future.result()
+            print(json.dumps(row), flush=True)
+            with LOG.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, default=2, help="builds at once (1 thread each)")
+    parser.add_argument("--table-only", action="store_true")
+    args = parser.parse_args()
+    from evoquality.stages.context import cache_dir
+
+    if not args.table_only:
+        search(args.workers, cache_dir())
+    text, chosen = table(read_log())
+    print(text)
+    print(f"chosen (rule: max asymmetry with majority acc. >= {MIN_MAJORITY_ACC}): {chosen}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()
