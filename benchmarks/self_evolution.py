@@ -113,6 +113,7 @@ def plot(results: list[dict], base: dict[int, dict], path: Path) -> None:
             )
             x = np.arange(curves.shape[1])
             ax.errorbar(x, curves.mean(0), yerr=curves.std(0), label=arm, capsize=3, marker="o")
+            ax.set_xticks(x)
         ax.axhline(np.mean([b[key] for b in base.values()]), color="grey", lw=0.8, ls="--")
         ax.axhline(0.0, color="black", lw=0.5)
         ax.set_xlabel("policy (0 = base, r = after round r-1)")

@@ -210,6 +210,5 @@ def test_sealed_splits_refuse_the_held_out_photos_only_inside_the_block(tmp_path
             load_manifest("syniqa:test?size=28", tmp_path)
     assert len(load_manifest("syniqa:test?size=28", tmp_path)) > 0
     assert len(train) > 0
-    with pytest.raises(ValueError, match="unknown SynIQA splits"):
-        with sealed_splits("validation"):
-            pass
+    with pytest.raises(ValueError, match="unknown SynIQA splits"), sealed_splits("validation"):
+        pass
