@@ -54,9 +54,14 @@ class Probe:
             out.append(self.torch.softmax(logits, -1)[:, self.digits].numpy())
         return np.concatenate(out)
 
-    def measure(self, images: list, mos: np.ndarray, families: list[str], seed: int = 0) -> dict:
+    def score_probs(self, images: list) -> tuple[np.ndarray, np.ndarray]:
+        """Per image, the probabilities of first score digits 1..5 on the scoring prompt and the
+        expected digit."""
         p = self.digit_probs([[img] for img in images])[:, 1:6]
-        expected = (p * np.arange(1, 6)).sum(1) / p.sum(1)
+        return p, (p * np.arange(1, 6)).sum(1) / p.sum(1)
+
+    def measure(self, images: list, mos: np.ndarray, families: list[str], seed: int = 0) -> dict:
+        p, expected = self.score_probs(images)
         per_family = {}
         for family in sorted(set(families) - {"pristine"}):
             rows = [i for i, f in enumerate(families) if f in (family, "pristine")]
@@ -96,12 +101,11 @@ class Probe:
         a_first, a_second = first[: len(drawn)], 1 - first[len(drawn) :]  # P(a named better)
         right_first = np.where(truth, a_first, 1 - a_first)
         right_second = np.where(truth, a_second, 1 - a_second)
-        p = self.digit_probs([[img] for img in images])[:, 1:6]
+        p, expected = self.score_probs(images)
         digits = sampled_digits(p, n, rng).astype(np.float64)
         sign = np.where(truth, 1.0, -1.0)[:, None]
         single = np.sign((digits[a] - digits[b]) * sign)  # per sample: +1 right, 0 tie, -1 wrong
         mean_n = np.sign((digits[a].mean(1) - digits[b].mean(1)) * sign[:, 0])
-        expected = (p * np.arange(1, 6)).sum(1) / p.sum(1)
         return {
             "pairs": len(drawn),
             "vote_acc": float(((right_first + right_second) / 2).mean()),
