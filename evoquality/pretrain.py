@@ -76,6 +76,7 @@ class PretrainSettings:
     visual_lr_scale: float = 1.0  # learning-rate factor of the vision tower (see _optimizer)
     tiny_warmup_steps: int = 100  # the tiny model's own format warm-up (random answers)
     hidden_size: int = 64  # language model width (evoquality.tiny_model)
+    layers: int = 2  # language model depth
     vision_hidden_size: int = 32  # vision tower width
     vision_depth: int = 2  # vision tower blocks
     patch_init: str = "frequency"  # patch embedding start: "random" or "frequency" (DCT bands)
@@ -292,6 +293,7 @@ def pretrain_weak_base(
             image_size=settings.image_size,
             warmup_steps=settings.tiny_warmup_steps,
             hidden_size=settings.hidden_size,
+            layers=settings.layers,
             vision_hidden_size=settings.vision_hidden_size,
             vision_depth=settings.vision_depth,
             patch_init=settings.patch_init,

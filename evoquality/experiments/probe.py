@@ -10,6 +10,9 @@ comparison prompts (no sampling), used by `benchmarks/weak_base.py` and the weak
   after ``\\boxed{``, averaged over both image orders, and the position bias (mean P(first) - 0.5);
 * per distortion family, the SRCC of the expected digit within that family (plus the pristine
   scenes);
+* `Probe.image_attention`: per layer, the share of attention the answer position pays to each
+  image's tokens: where a comparison looks (the committed base's last layer looks only at the
+  first image, docs/self-evolution.md);
 * `Probe.asymmetry`: comparing against scoring on the same pairs, the paper's premise: a single
   comparison vote's accuracy and the K-vote majority's (K/2 votes in each image order, exact from
   the binomials), against the pair accuracy of single sampled scores and of mean-of-n scores
@@ -37,22 +40,49 @@ class Probe:
         tokenizer = self.processor.tokenizer
         self.digits = [tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)]
 
-    def digit_probs(self, images: list[list]) -> np.ndarray:
+    def answer_inputs(self, groups: list[list]):
+        """Processor inputs, 32 groups at a time, of the prompt for each group of images (the
+        comparison prompt for pairs, the scoring prompt for single images) up to the answer
+        position right after ``\\boxed{`` (left-padded, so that position is the last)."""
         from evoquality.pretrain import answer_prompt
 
-        texts = [answer_prompt(self.processor, len(images[0])) + "\\boxed{"] * len(images)
-        out = []
-        for lo in range(0, len(texts), 32):
-            inputs = self.processor(
-                text=texts[lo : lo + 32],
-                images=images[lo : lo + 32],
-                return_tensors="pt",
-                padding=True,
+        text = answer_prompt(self.processor, len(groups[0])) + "\\boxed{"
+        for lo in range(0, len(groups), 32):
+            chunk = groups[lo : lo + 32]
+            yield self.processor(
+                text=[text] * len(chunk), images=chunk, return_tensors="pt", padding=True
             )
+
+    def digit_probs(self, images: list[list]) -> np.ndarray:
+        out = []
+        for inputs in self.answer_inputs(images):
             with self.torch.no_grad():
                 logits = self.model(**inputs).logits[:, -1, :]
             out.append(self.torch.softmax(logits, -1)[:, self.digits].numpy())
         return np.concatenate(out)
+
+    def image_attention(self, groups: list[list]) -> np.ndarray:
+        """Mean share of attention (over heads and groups) that the answer position, right after
+        ``\\boxed{``, pays to each image's tokens: an array of layers x images per group."""
+        n = len(groups[0])
+        config = self.model.config
+        before = config._attn_implementation
+        self.model.set_attn_implementation("eager")  # the only one that returns attentions
+        try:
+            total = 0.0
+            for inputs in self.answer_inputs(groups):
+                with self.torch.no_grad():
+                    attentions = self.model(**inputs, output_attentions=True).attentions
+                ids = inputs["input_ids"]
+                slot = (ids == config.vision_start_token_id).cumsum(-1) - 1
+                slot[ids != config.image_token_id] = -1
+                onehot = self.torch.stack([slot == s for s in range(n)], -1).float()
+                # per layer: batch x heads x keys at the last (answer) position, left-padded
+                last = self.torch.stack([a[:, :, -1, :].mean(1) for a in attentions], 1)
+                total = total + self.torch.einsum("blk,bks->ls", last, onehot).numpy()
+        finally:
+            self.model.set_attn_implementation(before)
+        return total / len(groups)
 
     def score_probs(self, images: list) -> tuple[np.ndarray, np.ndarray]:
         """Per image, the probabilities of first score digits 1..5 on the scoring prompt and the
