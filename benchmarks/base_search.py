@@ -3,6 +3,7 @@
 
     HF_HUB_OFFLINE=1 EVOQUALITY_CACHE=/tmp/evo-cache python benchmarks/base_search.py --workers 2
     python benchmarks/base_search.py --table-only          # the table and the choice, from the log
+    python benchmarks/base_search.py --workers 3 --candidate "two stages, ..."   # one candidate
 
 The 7 training photos of `syniqa:train` are split into 3 folds (sorted names, every third). For
 each candidate recipe (`CANDIDATES`, fixed before the search ran) and fold, the base is
@@ -19,7 +20,7 @@ is more reliable than the model's scores, so the chosen recipe maximises the mea
 majority accuracy. The chosen recipe is then built on all 7 training photos
 (`pretrain.pretrain_weak_base`) and only then measured on the held-out photos, once. (First search,
 docs/self-evolution.md: no candidate's comparisons beat chance on the validation photos, so none
-was chosen and nothing was built.)
+was chosen and nothing was built. Second search: the two-stage candidate, see the docs.)
 """
 
 from __future__ import annotations
@@ -52,6 +53,25 @@ CANDIDATES: dict[str, dict] = {
         "compare_both_orders": True,
         "score_noise": 1.0,
         "hidden_size": 128,
+    },
+    # Second search, added after the diagnosis (docs/self-evolution.md, "Second search") and before
+    # any of its folds ran: the vision tower first learns alone, on the photos and
+    # `syniqa:extra`'s pictures, then the answers are taught.
+    "two stages, extra pictures, comparisons 50 %, both orders, noisy scores, 6,000 steps": {
+        "extra_pictures": True,
+        "vision_steps": 1500,
+        "compare_share": 0.5,
+        "compare_both_orders": True,
+        "score_noise": 1.0,
+        "steps": 6000,
+    },
+    "two stages, extra pictures, comparisons 50 %, both orders, noisy scores, 12,000 steps": {
+        "extra_pictures": True,
+        "vision_steps": 1500,
+        "compare_share": 0.5,
+        "compare_both_orders": True,
+        "score_noise": 1.0,
+        "steps": 12000,
     },
 }
 PROBE_PAIRS = 1000
@@ -141,9 +161,9 @@ def read_log() -> list[dict]:
     return [json.loads(line) for line in LOG.read_text().splitlines()] if LOG.exists() else []
 
 
-def search(workers: int, cache: Path) -> None:
+def search(workers: int, cache: Path, candidates: list[str], folds_wanted: list[int]) -> None:
     done = {(r["candidate"], r["fold"]) for r in read_log()}
-    todo = [(c, f) for c in CANDIDATES for f in range(FOLDS) if (c, f) not in done]
+    todo = [(c, f) for c in candidates for f in folds_wanted if (c, f) not in done]
     LOG.parent.mkdir(parents=True, exist_ok=True)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
@@ -159,11 +179,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=2, help="builds at once (1 thread each)")
     parser.add_argument("--table-only", action="store_true")
+    parser.add_argument(
+        "--candidate",
+        action="append",
+        choices=list(CANDIDATES),
+        help="run only this candidate's folds (repeatable; default: every candidate)",
+    )
+    parser.add_argument(
+        "--fold",
+        action="append",
+        type=int,
+        choices=range(FOLDS),
+        help="run only this fold (repeatable; default: every fold)",
+    )
     args = parser.parse_args()
     from evoquality.stages.context import cache_dir
 
     if not args.table_only:
-        search(args.workers, cache_dir())
+        candidates = args.candidate or list(CANDIDATES)
+        search(args.workers, cache_dir(), candidates, args.fold or list(range(FOLDS)))
     text, chosen = table(read_log())
     print(text)
     print(f"chosen (rule: max asymmetry with majority acc. >= {MIN_MAJORITY_ACC}): {chosen}")

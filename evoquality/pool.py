@@ -3,8 +3,9 @@
 The pool is the manifest's images plus, from `data.augmentation.fromRound` on, synthetic
 distortions of each image (the paper's round 2). Variants are never stored: their key
 (`<image id>#<distortion>-<level>`) and seed determine their pixels, so every stage rebuilds the
-same picture. Built-in datasets (`syniqa:train`, `syniqa:test`, `syniqa:all`) are generated once
-into the cache, so the quickstart needs no downloads.
+same picture. Built-in datasets (`syniqa:train`, `syniqa:test`, `syniqa:all`, and `syniqa:extra`,
+the weak base's extra training pictures) are generated once into the cache, so the quickstart
+needs no downloads.
 """
 
 from __future__ import annotations
@@ -25,12 +26,17 @@ from PIL import Image
 from evoquality.data.distortions import DISTORTIONS, LEVELS, distort
 from evoquality.data.images import ImageError, load_image, prepare_image
 from evoquality.data.manifest import Manifest, read_manifest, write_manifest
-from evoquality.data.syniqa import build_syniqa, split_references, subset_by_references
+from evoquality.data.syniqa import (
+    EXTRA_PICTURES,
+    build_syniqa,
+    split_references,
+    subset_by_references,
+)
 from evoquality.pairs import plan_pairs
 from evoquality.spec import EvoQualityRunSpec, ModelSpec
 
 BUILTIN_SCHEME = "syniqa:"
-SYNIQA_SPLITS = ("train", "test", "all")
+SYNIQA_SPLITS = ("train", "test", "all", "extra")
 # Simulated judges only: a variant's hidden quality falls by this much per distortion level.
 SIMULATED_DROP_PER_LEVEL = 0.4
 
@@ -68,7 +74,8 @@ def resolve_manifest(uri: str, cache: Path) -> str:
     """A manifest URI as `read_manifest` takes it; `syniqa:<split>[?size=N&crops=C]` is built on
     first use (C scenes per photo, `evoquality.data.syniqa.reference_crops`; default 1).
 
-    SynIQA splits hold out references: `train` and `test` never share a reference photo.
+    SynIQA splits hold out references: `train` and `test` never share a reference photo;
+    `extra` holds `syniqa.EXTRA_PICTURES`, pictures of neither (built into its own folder).
     """
     if not uri.startswith(BUILTIN_SCHEME):
         return uri
@@ -83,16 +90,18 @@ def resolve_manifest(uri: str, cache: Path) -> str:
     crops = int(query.get("crops", ["1"])[0])
     if crops < 1:
         raise ValueError(f"{uri}: crops must be >= 1")
-    root = cache / "datasets" / (f"syniqa-{size}" if crops == 1 else f"syniqa-{size}-c{crops}")
+    name = f"syniqa-extra-{size}" if split == "extra" else f"syniqa-{size}"
+    root = cache / "datasets" / (name if crops == 1 else f"{name}-c{crops}")
     full = root / "manifest.csv"
     if not full.exists():
         tmp = root.with_name(f"{root.name}.tmp-{os.getpid()}")
-        build_syniqa(tmp, size=size, crops=crops)
+        references = EXTRA_PICTURES if split == "extra" else None
+        build_syniqa(tmp, size=size, crops=crops, references=references)
         try:
             tmp.rename(root)
         except OSError:  # another process built it first: keep theirs
             shutil.rmtree(tmp, ignore_errors=True)
-    if split == "all":
+    if split in ("all", "extra"):
         return str(full)
     out = root / f"manifest-{split}.csv"
     if not out.exists():

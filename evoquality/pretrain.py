@@ -9,7 +9,11 @@ supervised (teacher-forced) fine-tune on SynIQA images of the TRAINING photos on
 * the scoring prompt (``prompts.scoring_prompt(False)``) with ``\\boxed{x.xx}``, and
 * the comparison prompt (``prompts.comparison_prompt(False)``) with ``\\boxed{0}`` / ``\\boxed{1}``,
 
-from the pseudo-MOS (plus optional fixed per-image noise, ``label_noise``). The base is weak by
+from the pseudo-MOS (plus optional fixed per-image noise, ``label_noise``). Optionally
+(``vision_steps``) a first stage trains the vision tower alone on the same regression, and
+(``extra_pictures``) the pictures of ``syniqa:extra`` join the training photos: together they give
+the first builds whose comparisons beat a coin on photos they never saw (docs/self-evolution.md,
+"Second search"; both off in the committed v3 recipe). The base is weak by
 its budget: 3,000 steps of batch 8 on a 0.4 M-parameter model. Three choices make the little it
 learns transfer to photos it never saw (`benchmarks/weak_base.py`, docs/self-evolution.md; held-out
 SRCC of the expected score 0.31 with all three):
@@ -82,6 +86,14 @@ class PretrainSettings:
     patch_init: str = "frequency"  # patch embedding start: "random" or "frequency" (DCT bands)
     vision_aux_weight: float = 1.0  # weight of the vision tower's auxiliary regression loss
     threads: int = 1  # CPU threads of the build (`determinism.pinned_cpu`): one float path
+    # Also train on `syniqa:extra` (11 bundled pictures that are no SynIQA photo, same crops and
+    # distortions): content to learn quality cues from instead of a few photos' scenes.
+    extra_pictures: bool = False
+    # Steps of a first stage that trains the vision tower alone (with `VisionProbe`'s head, batch
+    # `vision_batch_size`) before the answers are taught: ~3 ms per image instead of ~10 ms per
+    # example, so the tower sees many more images (docs/self-evolution.md, "Second search").
+    vision_steps: int = 0
+    vision_batch_size: int = 32
 
 
 def noisy_targets(
@@ -167,13 +179,15 @@ def load_scenes(uri: str, cache: Path, image_size: int, photos=None, families=No
 
 
 def _training_images(cache: Path, settings: PretrainSettings):
+    query = f"size={settings.image_size}&crops={settings.crops}"
     images, mos, _ = load_scenes(
-        f"syniqa:train?size={settings.image_size}&crops={settings.crops}",
-        cache,
-        settings.image_size,
-        settings.photos,
-        settings.families,
+        f"syniqa:train?{query}", cache, settings.image_size, settings.photos, settings.families
     )
+    if settings.extra_pictures:
+        extra, extra_mos, _ = load_scenes(
+            f"syniqa:extra?{query}", cache, settings.image_size, None, settings.families
+        )
+        images, mos = images + extra, np.concatenate([mos, extra_mos])
     if len(images) < 2:
         raise ValueError(f"families {settings.families} leave fewer than 2 training images")
     return images, mos
@@ -212,6 +226,28 @@ class VisionProbe:
         predicted = self.head(pooled).squeeze(-1)
         wanted = (torch.as_tensor(self.targets, dtype=predicted.dtype) - 3.0) / 2.0
         return self.weight * torch.nn.functional.mse_loss(predicted, wanted)
+
+
+def _vision_steps(model, processor, images, targets, settings: PretrainSettings) -> None:
+    """The first stage: the vision tower and a `VisionProbe` head alone regress the targets
+    (no language model in the loop); the head is thrown away, the tower keeps what it learned.
+    Nothing at all with ``vision_steps`` 0 (not even a draw from torch's generator)."""
+    import torch
+
+    if not settings.vision_steps:
+        return
+    probe = VisionProbe(model, 1.0)
+    visual = list(model.model.visual.parameters())
+    optimizer = torch.optim.AdamW(visual + probe.parameters(), lr=settings.learning_rate)
+    rng = np.random.default_rng(settings.seed + 5)
+    model.train()
+    for _ in range(settings.vision_steps):
+        chosen = rng.integers(0, len(images), settings.vision_batch_size)
+        inputs = processor.image_processor(images=[images[i] for i in chosen], return_tensors="pt")
+        probe.targets = [targets[i] for i in chosen]
+        probe(inputs).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
 
 def _optimizer(model, settings: PretrainSettings, extra_params=()):
@@ -302,6 +338,7 @@ def pretrain_weak_base(
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny, dtype=torch.float32)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(settings.seed + 1)
+            _vision_steps(model, processor, images, targets, settings)
             loss = _supervised_steps(model, processor, images, targets, settings)
         out_dir.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(out_dir)

@@ -6,6 +6,7 @@ level: `mos = 5 - STRENGTH[distortion] * level` (the pristine reference, level 0
 every strength is at most 0.8, the MOS stays within [1, 5] and strictly falls with the level, so
 the order within each (reference, distortion) group is known; across distortions it is only a
 guess. Colour-only distortions are skipped for grey references, where they change nothing.
+`EXTRA_PICTURES` are built the same way but belong to no split of the benchmark.
 """
 
 from __future__ import annotations
@@ -31,6 +32,23 @@ REFERENCES = [
     "immunohistochemistry",
     "camera",
 ]
+# Bundled scikit-image pictures that are NOT benchmark references: textures, text, microscopy and
+# graphics, never in any split's photos. Only extra training content for the weak base
+# (`syniqa:extra`, `pretrain.PretrainSettings.extra_pictures`): with four photos a tiny model
+# learns their scenes; with these beside them its vision tower learns cues that transfer.
+EXTRA_PICTURES = [
+    "brick",
+    "cell",
+    "coins",
+    "grass",
+    "gravel",
+    "moon",
+    "page",
+    "text",
+    "microaneurysms",
+    "colorwheel",
+    "logo",
+]
 # Pseudo-MOS drop per level, per distortion (<= 0.8 keeps level 5 at or above 1).
 STRENGTH = {
     "gaussian_blur": 0.75,
@@ -55,8 +73,9 @@ def _photo(name: str) -> tuple[np.ndarray, bool]:
     """A scikit-image photo as an RGB uint8 array; also whether it is grey."""
     import skimage.data
 
-    if name not in REFERENCES:
-        raise ValueError(f"unknown SynIQA reference {name!r}; known: {', '.join(REFERENCES)}")
+    if name not in REFERENCES + EXTRA_PICTURES:
+        known = ", ".join(REFERENCES + EXTRA_PICTURES)
+        raise ValueError(f"unknown SynIQA reference {name!r}; known: {known}")
     array = getattr(skimage.data, name)()
     if isinstance(array, tuple):  # stereo_motorcycle: (left, right, disparity)
         array = array[0]

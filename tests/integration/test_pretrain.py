@@ -80,3 +80,40 @@ def test_photos_subset_trains_on_those_photos_only(tmp_path):
     with pytest.raises(ManifestError, match="astronaut"):
         pretrain_weak_base(tmp_path / "never", tmp_path / "cache", held_out)
     assert not (tmp_path / "never").exists()
+
+
+def test_vision_stage_trains_only_the_tower_and_is_a_no_op_at_zero_steps(tmp_path):
+    import torch
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from evoquality.pretrain import _vision_steps
+
+    path = make_tiny_model(tmp_path / "m", warmup_steps=0, patch_init="frequency")
+    model = AutoModelForImageTextToText.from_pretrained(path)
+    processor = AutoProcessor.from_pretrained(path)
+    images = [Image.fromarray(np.full((56, 56, 3), v, np.uint8)) for v in (30, 90, 150, 210)]
+    targets = np.array([1.0, 2.0, 4.0, 5.0])
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    generator = torch.get_rng_state()
+    _vision_steps(model, processor, images, targets, PretrainSettings(vision_steps=0))
+    assert torch.equal(torch.get_rng_state(), generator)  # the v3 recipe's stream is untouched
+    settings = PretrainSettings(vision_steps=5, vision_batch_size=4)
+    _vision_steps(model, processor, images, targets, settings)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all("visual" in n for n in changed)
+    assert any("patch_embed" in n for n in changed)
+
+
+def test_extra_pictures_join_the_training_photos(tmp_path):
+    from evoquality.pool import load_manifest
+
+    settings = PretrainSettings(
+        steps=1, crops=1, batch_size=2, tiny_warmup_steps=0, photos=("camera",)
+    )
+    extra = dataclasses.replace(settings, extra_pictures=True, vision_steps=1, vision_batch_size=2)
+    out = pretrain_weak_base(tmp_path / "weak", tmp_path / "cache", extra)
+    marker = json.loads((out / WEAK_MARKER_FILE).read_text())
+    pictures = load_manifest("syniqa:extra?size=56", tmp_path / "cache")
+    assert marker["training_images"] == 36 + len(pictures)  # camera: grey, 36 images
+    assert marker["extra_pictures"] is True and marker["vision_steps"] == 1

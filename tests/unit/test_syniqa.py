@@ -212,3 +212,17 @@ def test_sealed_splits_refuse_the_held_out_photos_only_inside_the_block(tmp_path
     assert len(train) > 0
     with pytest.raises(ValueError, match="unknown SynIQA splits"), sealed_splits("validation"):
         pass
+
+
+def test_extra_pictures_are_their_own_split_outside_the_benchmark(tmp_path):
+    from evoquality.data.syniqa import EXTRA_PICTURES, REFERENCES
+    from evoquality.pool import load_manifest, sealed_splits
+
+    assert not set(EXTRA_PICTURES) & set(REFERENCES)
+    with sealed_splits("test", "all"):  # the search seals the held-out photos, not these
+        extra = load_manifest("syniqa:extra?size=28", tmp_path)
+    assert set(extra.columns["reference"]) == set(EXTRA_PICTURES)
+    assert {p.name for p in (tmp_path / "datasets").iterdir()} == {"syniqa-extra-28"}
+    everything = load_manifest("syniqa:all?size=28", tmp_path)
+    assert not set(everything.columns["reference"]) & set(EXTRA_PICTURES)
+    assert {p.name for p in (tmp_path / "datasets").iterdir()} == {"syniqa-extra-28", "syniqa-28"}
