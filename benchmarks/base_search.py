@@ -3,7 +3,7 @@
 
     HF_HUB_OFFLINE=1 EVOQUALITY_CACHE=/tmp/evo-cache python benchmarks/base_search.py --workers 2
     python benchmarks/base_search.py --table-only          # the table and the choice, from the log
-    python benchmarks/base_search.py --workers 3 --candidate "two stages, ..."   # one candidate
+    python benchmarks/base_search.py --candidate NAME --fold 1   # one candidate's fold (repeatable)
 
 The 7 training photos of `syniqa:train` are split into 3 folds (sorted names, every third). For
 each candidate recipe (`CANDIDATES`, fixed before the search ran) and fold, the base is
@@ -57,21 +57,16 @@ CANDIDATES: dict[str, dict] = {
     # Second search, added after the diagnosis (docs/self-evolution.md, "Second search") and before
     # any of its folds ran: the vision tower first learns alone, on the photos and
     # `syniqa:extra`'s pictures, then the answers are taught.
-    "two stages, extra pictures, comparisons 50 %, both orders, noisy scores, 6,000 steps": {
-        "extra_pictures": True,
-        "vision_steps": 1500,
-        "compare_share": 0.5,
-        "compare_both_orders": True,
-        "score_noise": 1.0,
-        "steps": 6000,
-    },
-    "two stages, extra pictures, comparisons 50 %, both orders, noisy scores, 12,000 steps": {
-        "extra_pictures": True,
-        "vision_steps": 1500,
-        "compare_share": 0.5,
-        "compare_both_orders": True,
-        "score_noise": 1.0,
-        "steps": 12000,
+    **{
+        f"two stages, extra pictures, comparisons 50 %, both orders, noisy scores, {label} steps": {
+            "extra_pictures": True,
+            "vision_steps": 1500,
+            "compare_share": 0.5,
+            "compare_both_orders": True,
+            "score_noise": 1.0,
+            "steps": steps,
+        }
+        for label, steps in (("6,000", 6000), ("12,000", 12000))
     },
 }
 PROBE_PAIRS = 1000
