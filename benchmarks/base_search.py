@@ -68,6 +68,21 @@ CANDIDATES: dict[str, dict] = {
         }
         for label, steps in (("6,000", 6000), ("12,000", 12000))
     },
+    # Third search, added after the second and before any of its folds ran: the two-stage
+    # 6,000-step recipe with noisier scoring targets (the mean of 16 scores is what the majority
+    # has to beat), alone and with a larger comparison share.
+    **{
+        f"two stages, extra pictures, comparisons {share * 100:.0f} %, both orders, "
+        "scores noise 2, 6,000 steps": {
+            "extra_pictures": True,
+            "vision_steps": 1500,
+            "compare_share": share,
+            "compare_both_orders": True,
+            "score_noise": 2.0,
+            "steps": 6000,
+        }
+        for share in (0.5, 0.8)
+    },
 }
 PROBE_PAIRS = 1000
 LOG = Path("docs/base-search/search.jsonl")
