@@ -4,6 +4,7 @@
     HF_HUB_OFFLINE=1 EVOQUALITY_CACHE=/tmp/evo-cache python benchmarks/base_search.py --workers 2
     python benchmarks/base_search.py --table-only          # the table and the choice, from the log
     python benchmarks/base_search.py --candidate NAME --fold 1   # one candidate's fold (repeatable)
+    python benchmarks/base_search.py --final --out /tmp/base  # the chosen recipe, held-out once
 
 The 7 training photos of `syniqa:train` are split into 3 folds (sorted names, every third). For
 each candidate recipe (`CANDIDATES`, fixed before the search ran) and fold, the base is
@@ -18,7 +19,9 @@ is more reliable than the model's scores, so the chosen recipe maximises the mea
 ``majority_acc - mean_score_pair_acc`` (the asymmetry) among the candidates whose mean
 ``majority_acc`` is at least `MIN_MAJORITY_ACC` (labels that carry a signal); ties by the higher
 majority accuracy. The chosen recipe is then built on all 7 training photos
-(`pretrain.pretrain_weak_base`) and only then measured on the held-out photos, once. (First search,
+(`pretrain.pretrain_weak_base`) and only then measured on the held-out photos, once (``--final``:
+it takes no candidate, only the rule's choice, refuses a second measurement, and appends its row
+to ``docs/base-search/final.jsonl``). (First search,
 docs/self-evolution.md: no candidate's comparisons beat chance on the validation photos, so none
 was chosen and nothing was built. Second search: the two-stage candidate, see the docs.)
 """
@@ -86,6 +89,7 @@ CANDIDATES: dict[str, dict] = {
 }
 PROBE_PAIRS = 1000
 LOG = Path("docs/base-search/search.jsonl")
+FINAL_LOG = Path("docs/base-search/final.jsonl")
 
 
 def training_photos() -> list[str]:
@@ -167,22 +171,51 @@ def table(rows: list[dict]) -> tuple[str, str | None]:
     return "\n".join(lines), chosen
 
 
-def read_log() -> list[dict]:
-    return [json.loads(line) for line in LOG.read_text().splitlines()] if LOG.exists() else []
+def read_log(path: Path = LOG) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def append_row(path: Path, row: dict) -> None:
+    print(json.dumps(row), flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def build_final(candidate: str, cache: Path, out: Path) -> None:
+    """The chosen recipe built on all 7 training photos into ``out``, then measured once on
+    the held-out photos (`syniqa:test`, 4 scenes per photo)."""
+    from evoquality.determinism import pinned_cpu
+    from evoquality.pretrain import pretrain_weak_base
+
+    if any(r["candidate"] == candidate for r in read_log(FINAL_LOG)):
+        raise SystemExit(f"{candidate!r} was already measured on the held-out photos")
+    settings = settings_of(candidate, None)
+    began = time.perf_counter()
+    with pinned_cpu(1):
+        path = pretrain_weak_base(out, cache, settings)
+        built = time.perf_counter() - began
+        measured = probe_split(path, cache, "test", settings.image_size)
+    append_row(
+        FINAL_LOG,
+        {
+            "candidate": candidate,
+            "settings": dataclasses.asdict(settings),
+            **measured,
+            "gap": measured["majority_acc"] - measured["mean_score_pair_acc"],
+            "build_seconds": round(built, 1),
+        },
+    )
 
 
 def search(workers: int, cache: Path, candidates: list[str], folds_wanted: list[int]) -> None:
     done = {(r["candidate"], r["fold"]) for r in read_log()}
     todo = [(c, f) for c in candidates for f in folds_wanted if (c, f) not in done]
-    LOG.parent.mkdir(parents=True, exist_ok=True)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
         futures = [pool.submit(run_fold, c, f, cache) for c, f in todo]
         for future in futures:
-            row = future.result()
-            print(json.dumps(row), flush=True)
-            with LOG.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+            append_row(LOG, future.result())
 
 
 def main() -> None:
@@ -202,15 +235,25 @@ def main() -> None:
         choices=range(FOLDS),
         help="run only this fold (repeatable; default: every fold)",
     )
+    parser.add_argument(
+        "--final",
+        action="store_true",
+        help="build the rule's choice on all training photos and measure it on the held-out ones",
+    )
+    parser.add_argument("--out", type=Path, help="where --final saves the built base")
     args = parser.parse_args()
     from evoquality.stages.context import cache_dir
 
-    if not args.table_only:
+    if not (args.table_only or args.final):
         candidates = args.candidate or list(CANDIDATES)
         search(args.workers, cache_dir(), candidates, args.fold or list(range(FOLDS)))
     text, chosen = table(read_log())
     print(text)
     print(f"chosen (rule: max asymmetry with majority acc. >= {MIN_MAJORITY_ACC}): {chosen}")
+    if args.final:
+        if chosen is None or args.out is None:
+            parser.error("--final needs a chosen candidate and --out")
+        build_final(chosen, cache_dir(), args.out)
 
 
 if __name__ == "__main__":
