@@ -23,7 +23,8 @@ majority accuracy. The chosen recipe is then built on all 7 training photos
 it takes no candidate, only the rule's choice, refuses a second measurement, and appends its row
 to ``docs/base-search/final.jsonl``). (First search,
 docs/self-evolution.md: no candidate's comparisons beat chance on the validation photos, so none
-was chosen and nothing was built. Second search: the two-stage candidate, see the docs.)
+was chosen and nothing was built. Second and third searches: the two-stage candidates, see the
+docs; none chosen yet.)
 """
 
 from __future__ import annotations
