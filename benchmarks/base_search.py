@@ -43,6 +43,9 @@ import numpy as np
 
 FOLDS = 3
 MIN_MAJORITY_ACC = 0.60
+# What every candidate of the second and third searches shares: the vision stage on the photos
+# and the extra pictures, comparisons in both orders.
+TWO_STAGES = {"extra_pictures": True, "vision_steps": 1500, "compare_both_orders": True}
 # Every candidate is `PretrainSettings()` (the tiny-weak v3 recipe) with these changes.
 CANDIDATES: dict[str, dict] = {
     "v3 recipe": {},
@@ -63,10 +66,8 @@ CANDIDATES: dict[str, dict] = {
     # `syniqa:extra`'s pictures, then the answers are taught.
     **{
         f"two stages, extra pictures, comparisons 50 %, both orders, noisy scores, {label} steps": {
-            "extra_pictures": True,
-            "vision_steps": 1500,
+            **TWO_STAGES,
             "compare_share": 0.5,
-            "compare_both_orders": True,
             "score_noise": 1.0,
             "steps": steps,
         }
@@ -78,10 +79,8 @@ CANDIDATES: dict[str, dict] = {
     **{
         f"two stages, extra pictures, comparisons {share * 100:.0f} %, both orders, "
         "scores noise 2, 6,000 steps": {
-            "extra_pictures": True,
-            "vision_steps": 1500,
+            **TWO_STAGES,
             "compare_share": share,
-            "compare_both_orders": True,
             "score_noise": 2.0,
             "steps": 6000,
         }
@@ -92,10 +91,8 @@ CANDIDATES: dict[str, dict] = {
     # learned to transfer (expected-digit SRCC 0.10), so the tower's later steps are 5x smaller.
     "two stages, extra pictures, comparisons 80 %, both orders, scores noise 2, 6,000 steps, "
     "tower lr x0.2 after its stage": {
-        "extra_pictures": True,
-        "vision_steps": 1500,
+        **TWO_STAGES,
         "compare_share": 0.8,
-        "compare_both_orders": True,
         "score_noise": 2.0,
         "steps": 6000,
         "visual_lr_scale": 0.2,
@@ -126,11 +123,13 @@ def settings_of(candidate: str, photos: list[str] | None, seed: int = 0):
 
 
 def probe_split(path: Path, cache: Path, split: str, size: int, photos=None) -> dict:
-    """`Probe.asymmetry` on 4 scenes of each photo of the split (only ``photos`` when given)."""
+    """`Probe.asymmetry` on 4 scenes of each photo of the split (only ``photos`` when given),
+    with its ``gap`` (majority minus mean-of-16 pair accuracy)."""
     from evoquality.experiments.probe import Probe, load_split
 
     images, mos, _ = load_split(f"syniqa:{split}?size={size}&crops=4", cache, size, None, photos)
-    return Probe(path).asymmetry(images, mos, pairs=PROBE_PAIRS)
+    measured = Probe(path).asymmetry(images, mos, pairs=PROBE_PAIRS)
+    return {**measured, "gap": measured["majority_acc"] - measured["mean_score_pair_acc"]}
 
 
 def run_fold(candidate: str, fold: int, cache: Path) -> dict:
@@ -152,7 +151,6 @@ def run_fold(candidate: str, fold: int, cache: Path) -> dict:
         "fold": fold,
         "validation_photos": held,
         **measured,
-        "gap": measured["majority_acc"] - measured["mean_score_pair_acc"],
         "build_seconds": round(built, 1),
     }
 
@@ -216,7 +214,6 @@ def build_final(candidate: str, cache: Path, out: Path) -> None:
             "candidate": candidate,
             "settings": dataclasses.asdict(settings),
             **measured,
-            "gap": measured["majority_acc"] - measured["mean_score_pair_acc"],
             "build_seconds": round(built, 1),
         },
     )
