@@ -97,6 +97,23 @@ CANDIDATES: dict[str, dict] = {
         "steps": 6000,
         "visual_lr_scale": 0.2,
     },
+    # Fourth search, added after the third and before any of its folds ran: the third search's
+    # best (comparisons 80 %, scores noise 2) with 5 more pictures for perception that transfers
+    # (`syniqa:more`), alone and with a brightness bias in the scoring targets only (half the
+    # pseudo-MOS's standard deviation of 1.0 per standard deviation of brightness): a bias that
+    # the mean of 16 scores keeps and the comparisons never learn.
+    **{
+        "two stages, extra and more pictures, comparisons 80 %, both orders, "
+        f"scores noise 2{label}, 6,000 steps": {
+            **TWO_STAGES,
+            "more_pictures": True,
+            "compare_share": 0.8,
+            "score_noise": 2.0,
+            "score_brightness_bias": bias,
+            "steps": 6000,
+        }
+        for label, bias in (("", 0.0), (" and brightness bias 0.5", 0.5))
+    },
 }
 PROBE_PAIRS = 1000
 LOG = Path("docs/base-search/search.jsonl")

@@ -28,6 +28,7 @@ from evoquality.data.images import ImageError, load_image, prepare_image
 from evoquality.data.manifest import Manifest, read_manifest, write_manifest
 from evoquality.data.syniqa import (
     EXTRA_PICTURES,
+    MORE_PICTURES,
     build_syniqa,
     split_references,
     subset_by_references,
@@ -36,7 +37,10 @@ from evoquality.pairs import plan_pairs
 from evoquality.spec import EvoQualityRunSpec, ModelSpec
 
 BUILTIN_SCHEME = "syniqa:"
-SYNIQA_SPLITS = ("train", "test", "all", "extra")
+# Splits of pictures outside the benchmark (the weak base's extra training content), each built
+# into a folder of its own.
+PICTURE_SPLITS = {"extra": EXTRA_PICTURES, "more": MORE_PICTURES}
+SYNIQA_SPLITS = ("train", "test", "all", *PICTURE_SPLITS)
 # Simulated judges only: a variant's hidden quality falls by this much per distortion level.
 SIMULATED_DROP_PER_LEVEL = 0.4
 
@@ -75,7 +79,8 @@ def resolve_manifest(uri: str, cache: Path) -> str:
     first use (C scenes per photo, `evoquality.data.syniqa.reference_crops`; default 1).
 
     SynIQA splits hold out references: `train` and `test` never share a reference photo;
-    `extra` holds `syniqa.EXTRA_PICTURES`, pictures of neither (built into its own folder).
+    `extra` and `more` hold `syniqa.EXTRA_PICTURES` and `syniqa.MORE_PICTURES`, pictures of
+    neither (each built into its own folder).
     """
     if not uri.startswith(BUILTIN_SCHEME):
         return uri
@@ -90,18 +95,18 @@ def resolve_manifest(uri: str, cache: Path) -> str:
     crops = int(query.get("crops", ["1"])[0])
     if crops < 1:
         raise ValueError(f"{uri}: crops must be >= 1")
-    name = f"syniqa-extra-{size}" if split == "extra" else f"syniqa-{size}"
+    name = f"syniqa-{split}-{size}" if split in PICTURE_SPLITS else f"syniqa-{size}"
     root = cache / "datasets" / (name if crops == 1 else f"{name}-c{crops}")
     full = root / "manifest.csv"
     if not full.exists():
         tmp = root.with_name(f"{root.name}.tmp-{os.getpid()}")
-        references = EXTRA_PICTURES if split == "extra" else None
+        references = PICTURE_SPLITS.get(split)
         build_syniqa(tmp, size=size, crops=crops, references=references)
         try:
             tmp.rename(root)
         except OSError:  # another process built it first: keep theirs
             shutil.rmtree(tmp, ignore_errors=True)
-    if split in ("all", "extra"):
+    if split == "all" or split in PICTURE_SPLITS:
         return str(full)
     out = root / f"manifest-{split}.csv"
     if not out.exists():

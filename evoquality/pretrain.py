@@ -13,7 +13,9 @@ from the pseudo-MOS (plus optional fixed per-image noise, ``label_noise``). Opti
 (``vision_steps``) a first stage trains the vision tower alone on the same regression, and
 (``extra_pictures``) the pictures of ``syniqa:extra`` join the training photos: together they give
 the first builds whose comparisons beat a coin on photos they never saw (docs/self-evolution.md,
-"Second search"; both off in the committed v3 recipe). The base is weak by
+"Second search"; both off in the committed v3 recipe). ``more_pictures`` adds ``syniqa:more``, and
+``score_brightness_bias`` gives the scoring answers (only) a content bias: the paper's premise
+that a model compares more reliably than it scores, built in ("Fourth search"). The base is weak by
 its budget: 3,000 steps of batch 8 on a 0.4 M-parameter model. Three choices make the little it
 learns transfer to photos it never saw (`benchmarks/weak_base.py`, docs/self-evolution.md; held-out
 SRCC of the expected score 0.31 with all three):
@@ -94,6 +96,12 @@ class PretrainSettings:
     # example, so the tower sees many more images (docs/self-evolution.md, "Second search").
     vision_steps: int = 0
     vision_batch_size: int = 32
+    # Also train on `syniqa:more` (5 more bundled pictures, `syniqa.MORE_PICTURES`).
+    more_pictures: bool = False
+    # Scoring targets (only) get + this x the image's standardised mean brightness: a fixed
+    # content bias that the mean of many scores keeps, while comparisons and the vision probe learn
+    # the clean target (MOS does not depend on content), so the K-vote majority can beat it.
+    score_brightness_bias: float = 0.0
 
 
 def noisy_targets(
@@ -138,11 +146,15 @@ class Example:
 
 
 def batch_examples(
-    targets: np.ndarray, settings: PretrainSettings, rng: np.random.Generator
+    targets: np.ndarray,
+    settings: PretrainSettings,
+    rng: np.random.Generator,
+    score_targets: np.ndarray | None = None,
 ) -> list[Example]:
     """One batch: a comparison with probability ``compare_share`` (both orders with
-    ``compare_both_orders``, answered from the clean targets), else a scoring example whose target
-    gets fresh N(0, ``score_noise``) noise."""
+    ``compare_both_orders``, answered from the clean ``targets``), else a scoring example whose
+    target (``score_targets``, default ``targets``) gets fresh N(0, ``score_noise``) noise."""
+    score_targets = targets if score_targets is None else score_targets
     examples: list[Example] = []
     while len(examples) < settings.batch_size:
         if rng.random() < settings.compare_share:
@@ -152,7 +164,7 @@ def batch_examples(
                 examples.append(Example((a, b), compare_answer(targets[a], targets[b], rng)))
         else:
             i = int(rng.integers(0, len(targets)))
-            target = targets[i]
+            target = score_targets[i]
             if settings.score_noise:
                 target = target + rng.normal(0.0, settings.score_noise)
             examples.append(Example((i,), score_answer(target)))
@@ -183,14 +195,24 @@ def _training_images(cache: Path, settings: PretrainSettings):
     images, mos, _ = load_scenes(
         f"syniqa:train?{query}", cache, settings.image_size, settings.photos, settings.families
     )
-    if settings.extra_pictures:
-        extra, extra_mos, _ = load_scenes(
-            f"syniqa:extra?{query}", cache, settings.image_size, None, settings.families
-        )
-        images, mos = images + extra, np.concatenate([mos, extra_mos])
+    for split, wanted in (("extra", settings.extra_pictures), ("more", settings.more_pictures)):
+        if wanted:
+            extra, extra_mos, _ = load_scenes(
+                f"syniqa:{split}?{query}", cache, settings.image_size, None, settings.families
+            )
+            images, mos = images + extra, np.concatenate([mos, extra_mos])
     if len(images) < 2:
         raise ValueError(f"families {settings.families} leave fewer than 2 training images")
     return images, mos
+
+
+def brightness_biased(targets: np.ndarray, images, bias: float) -> np.ndarray:
+    """``targets`` + ``bias`` x each image's mean grey level, standardised over ``images`` (the
+    scoring targets of ``score_brightness_bias``); ``targets`` itself when ``bias`` is 0."""
+    if not bias:
+        return targets
+    grey = np.array([np.asarray(image.convert("L"), dtype=np.float64).mean() for image in images])
+    return targets + bias * (grey - grey.mean()) / grey.std()
 
 
 class VisionProbe:
@@ -286,6 +308,7 @@ def answer_prompt(processor, n_images: int) -> str:
 def _supervised_steps(model, processor, images, targets, settings: PretrainSettings) -> float:
     """Teacher-forced steps on scoring and comparison answers (loss on the answer tokens only)."""
     rng = np.random.default_rng(settings.seed + 17)
+    score_targets = brightness_biased(targets, images, settings.score_brightness_bias)
     im_start = processor.tokenizer.convert_tokens_to_ids("<|im_start|>")
     prompt_text = {n: answer_prompt(processor, n) for n in (1, 2)}
     probe = VisionProbe(model, settings.vision_aux_weight) if settings.vision_aux_weight else None
@@ -293,7 +316,7 @@ def _supervised_steps(model, processor, images, targets, settings: PretrainSetti
     model.train()
     loss_value = float("nan")
     for _ in range(settings.steps):
-        examples = batch_examples(targets, settings, rng)
+        examples = batch_examples(targets, settings, rng, score_targets)
         texts = [prompt_text[len(ex.images)] + ex.answer + "<|im_end|>\n" for ex in examples]
         batch_images = [[images[i] for i in ex.images] for ex in examples]
         batch_targets = [targets[i] for ex in examples for i in ex.images]

@@ -6,7 +6,7 @@ level: `mos = 5 - STRENGTH[distortion] * level` (the pristine reference, level 0
 every strength is at most 0.8, the MOS stays within [1, 5] and strictly falls with the level, so
 the order within each (reference, distortion) group is known; across distortions it is only a
 guess. Colour-only distortions are skipped for grey references, where they change nothing.
-`EXTRA_PICTURES` are built the same way but belong to no split of the benchmark.
+`EXTRA_PICTURES` and `MORE_PICTURES` are built the same way but belong to no split of the benchmark.
 """
 
 from __future__ import annotations
@@ -49,6 +49,11 @@ EXTRA_PICTURES = [
     "colorwheel",
     "logo",
 ]
+# More bundled pictures outside the benchmark (`syniqa:more`, `PretrainSettings.more_pictures`),
+# kept apart from `EXTRA_PICTURES` so that builds logged with `syniqa:extra` rebuild unchanged:
+# two photos, a silhouette, a phantom and a synthetic pattern, for a vision tower that needs more
+# varied content to learn quality cues that transfer (docs/self-evolution.md, "Fourth search").
+MORE_PICTURES = ["cat", "clock", "horse", "shepp_logan_phantom", "checkerboard"]
 # Pseudo-MOS drop per level, per distortion (<= 0.8 keeps level 5 at or above 1).
 STRENGTH = {
     "gaussian_blur": 0.75,
@@ -72,13 +77,15 @@ def pseudo_mos(distortion: str, level: int) -> float:
 def _photo(name: str) -> tuple[np.ndarray, bool]:
     """A scikit-image photo as an RGB uint8 array; also whether it is grey."""
     import skimage.data
+    from skimage.util import img_as_ubyte
 
-    if name not in REFERENCES + EXTRA_PICTURES:
-        known = ", ".join(REFERENCES + EXTRA_PICTURES)
+    if name not in REFERENCES + EXTRA_PICTURES + MORE_PICTURES:
+        known = ", ".join(REFERENCES + EXTRA_PICTURES + MORE_PICTURES)
         raise ValueError(f"unknown SynIQA reference {name!r}; known: {known}")
     array = getattr(skimage.data, name)()
     if isinstance(array, tuple):  # stereo_motorcycle: (left, right, disparity)
         array = array[0]
+    array = img_as_ubyte(array)  # horse is boolean, shepp_logan_phantom float in [0, 1]
     grey = array.ndim == 2
     return (np.stack([array] * 3, axis=-1) if grey else array[..., :3]), grey
 

@@ -8,6 +8,7 @@ import numpy as np
 from evoquality.pretrain import (
     PretrainSettings,
     batch_examples,
+    brightness_biased,
     compare_answer,
     noisy_targets,
     score_answer,
@@ -85,6 +86,31 @@ def test_default_batches_score_clean_targets_in_one_order():
     pairs = [ex.images for ex in examples if len(ex.images) == 2]
     assert 0.1 < len(pairs) / len(examples) < 0.3
     assert sum((b, a) in set(pairs) for a, b in pairs) < 0.1 * len(pairs)
+
+
+def test_brightness_bias_moves_scores_only():
+    from PIL import Image
+
+    greys = [20, 60, 100, 140, 180, 220] * 5
+    images = [Image.new("RGB", (8, 8), (g, g, g)) for g in greys]
+    targets = np.full(len(images), 3.0)
+    assert brightness_biased(targets, images, 0.0) is targets
+    biased = brightness_biased(targets, images, 0.5)
+    assert abs(biased.mean() - 3.0) < 1e-12
+    assert abs(biased.std() - 0.5) < 1e-9  # half a standard deviation per sd of brightness
+    assert np.all(np.diff(biased[:6]) > 0)  # brighter scores higher
+    settings = dataclasses.replace(PretrainSettings(), compare_share=0.5, compare_both_orders=True)
+    rng = np.random.default_rng(5)
+    clean = np.linspace(1.5, 4.5, len(images))  # the pairs' order, against the bias's order
+    scores = clean + biased - 3.0
+    examples = [ex for _ in range(100) for ex in batch_examples(clean, settings, rng, scores)]
+    assert {len(ex.images) for ex in examples} == {1, 2}
+    for ex in examples:
+        if len(ex.images) == 1:
+            assert ex.answer == score_answer(scores[ex.images[0]])
+        else:
+            a, b = ex.images
+            assert parse_choice(ex.answer) == (0 if clean[a] > clean[b] else 1)
 
 
 def test_frequency_filter_bank_separates_brightness_colour_and_frequency():

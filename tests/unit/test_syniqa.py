@@ -214,15 +214,24 @@ def test_sealed_splits_refuse_the_held_out_photos_only_inside_the_block(tmp_path
         pass
 
 
-def test_extra_pictures_are_their_own_split_outside_the_benchmark(tmp_path):
-    from evoquality.data.syniqa import EXTRA_PICTURES, REFERENCES
-    from evoquality.pool import load_manifest, sealed_splits
+@pytest.mark.parametrize("split", ["extra", "more"])
+def test_picture_splits_are_their_own_splits_outside_the_benchmark(tmp_path, split):
+    from evoquality.data.syniqa import REFERENCES
+    from evoquality.pool import PICTURE_SPLITS, load_manifest, sealed_splits
 
-    assert not set(EXTRA_PICTURES) & set(REFERENCES)
+    pictures = PICTURE_SPLITS[split]
+    others = {p for name, group in PICTURE_SPLITS.items() if name != split for p in group}
+    assert not set(pictures) & (set(REFERENCES) | others)
     with sealed_splits("test", "all"):  # the search seals the held-out photos, not these
-        extra = load_manifest("syniqa:extra?size=28", tmp_path)
-    assert set(extra.columns["reference"]) == set(EXTRA_PICTURES)
-    assert {p.name for p in (tmp_path / "datasets").iterdir()} == {"syniqa-extra-28"}
+        extra = load_manifest(f"syniqa:{split}?size=28", tmp_path)
+    assert set(extra.columns["reference"]) == set(pictures)
+    assert {p.name for p in (tmp_path / "datasets").iterdir()} == {f"syniqa-{split}-28"}
+    pristine = [i for i, d in zip(extra.images, extra.columns["distortion"]) if d == "pristine"]
+    assert len(pristine) == len(pictures)
+    for image in pristine:  # boolean and float pictures (horse, phantom) decode to RGB
+        with Image.open(image) as decoded:
+            assert decoded.mode == "RGB" and np.asarray(decoded).std() > 0
     everything = load_manifest("syniqa:all?size=28", tmp_path)
-    assert not set(everything.columns["reference"]) & set(EXTRA_PICTURES)
-    assert {p.name for p in (tmp_path / "datasets").iterdir()} == {"syniqa-extra-28", "syniqa-28"}
+    assert not set(everything.columns["reference"]) & set(pictures)
+    built = {p.name for p in (tmp_path / "datasets").iterdir()}
+    assert built == {f"syniqa-{split}-28", "syniqa-28"}
