@@ -226,7 +226,8 @@ def test_picture_splits_are_their_own_splits_outside_the_benchmark(tmp_path, spl
         extra = load_manifest(f"syniqa:{split}?size=28", tmp_path)
     assert set(extra.columns["reference"]) == set(pictures)
     assert {p.name for p in (tmp_path / "datasets").iterdir()} == {f"syniqa-{split}-28"}
-    pristine = [i for i, d in zip(extra.images, extra.columns["distortion"]) if d == "pristine"]
+    distortions = extra.columns["distortion"]
+    pristine = [i for i, d in zip(extra.images, distortions, strict=True) if d == "pristine"]
     assert len(pristine) == len(pictures)
     for image in pristine:  # boolean and float pictures (horse, phantom) decode to RGB
         with Image.open(image) as decoded:
