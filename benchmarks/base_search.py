@@ -46,6 +46,15 @@ MIN_MAJORITY_ACC = 0.60
 # What every candidate of the second and third searches shares: the vision stage on the photos
 # and the extra pictures, comparisons in both orders.
 TWO_STAGES = {"extra_pictures": True, "vision_steps": 1500, "compare_both_orders": True}
+# What every candidate of the fourth and fifth searches shares: the third search's best
+# (comparisons 80 %, scores noise 2, 6,000 steps) with `syniqa:more`'s pictures.
+MORE_PICTURES_80 = {
+    **TWO_STAGES,
+    "more_pictures": True,
+    "compare_share": 0.8,
+    "score_noise": 2.0,
+    "steps": 6000,
+}
 # Every candidate is `PretrainSettings()` (the tiny-weak v3 recipe) with these changes.
 CANDIDATES: dict[str, dict] = {
     "v3 recipe": {},
@@ -104,14 +113,7 @@ CANDIDATES: dict[str, dict] = {
     # the mean of 16 scores keeps and the comparisons never learn.
     **{
         "two stages, extra and more pictures, comparisons 80 %, both orders, "
-        f"scores noise 2{label}, 6,000 steps": {
-            **TWO_STAGES,
-            "more_pictures": True,
-            "compare_share": 0.8,
-            "score_noise": 2.0,
-            "score_brightness_bias": bias,
-            "steps": 6000,
-        }
+        f"scores noise 2{label}, 6,000 steps": {**MORE_PICTURES_80, "score_brightness_bias": bias}
         for label, bias in (("", 0.0), (" and brightness bias 0.5", 0.5))
     },
     # Fifth search, added after the fourth and before any of its folds ran: more pictures raised
@@ -120,14 +122,7 @@ CANDIDATES: dict[str, dict] = {
     # recipe without the bias: twice the scenes per picture, and a vision tower twice as wide.
     **{
         "two stages, extra and more pictures, comparisons 80 %, both orders, scores noise 2, "
-        f"6,000 steps, {label}": {
-            **TWO_STAGES,
-            "more_pictures": True,
-            "compare_share": 0.8,
-            "score_noise": 2.0,
-            "steps": 6000,
-            **change,
-        }
+        f"6,000 steps, {label}": {**MORE_PICTURES_80, **change}
         for label, change in (
             ("64 scenes per picture", {"crops": 64}),
             ("vision tower width 64", {"vision_hidden_size": 64}),

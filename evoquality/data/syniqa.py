@@ -79,9 +79,9 @@ def _photo(name: str) -> tuple[np.ndarray, bool]:
     import skimage.data
     from skimage.util import img_as_ubyte
 
-    if name not in REFERENCES + EXTRA_PICTURES + MORE_PICTURES:
-        known = ", ".join(REFERENCES + EXTRA_PICTURES + MORE_PICTURES)
-        raise ValueError(f"unknown SynIQA reference {name!r}; known: {known}")
+    known = REFERENCES + EXTRA_PICTURES + MORE_PICTURES
+    if name not in known:
+        raise ValueError(f"unknown SynIQA reference {name!r}; known: {', '.join(known)}")
     array = getattr(skimage.data, name)()
     if isinstance(array, tuple):  # stereo_motorcycle: (left, right, disparity)
         array = array[0]
