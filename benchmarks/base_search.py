@@ -4,6 +4,7 @@
     HF_HUB_OFFLINE=1 EVOQUALITY_CACHE=/tmp/evo-cache python benchmarks/base_search.py --workers 2
     python benchmarks/base_search.py --table-only          # the table and the choice, from the log
     python benchmarks/base_search.py --candidate NAME --fold 1   # one candidate's fold (repeatable)
+    python benchmarks/base_search.py --candidate NAME --fold 0 --seed 1 --seed 2  # seed spread
     python benchmarks/base_search.py --final --out /tmp/base  # the chosen recipe, held-out once
 
 The 7 training photos of `syniqa:train` are split into 3 folds (sorted names, every third). For
@@ -146,6 +147,9 @@ CANDIDATES: dict[str, dict] = {
 }
 PROBE_PAIRS = 1000
 LOG = Path("docs/base-search/search.jsonl")
+# Builds with another seed than the search's 0 (`--seed`): how much a candidate's numbers move
+# with the seed alone, logged apart so that the rule's table keeps one build per candidate and fold.
+SEED_LOG = Path("docs/base-search/seeds.jsonl")
 FINAL_LOG = Path("docs/base-search/final.jsonl")
 
 
@@ -178,15 +182,16 @@ def probe_split(path: Path, cache: Path, split: str, size: int, photos=None) -> 
     return {**measured, "gap": measured["majority_acc"] - measured["mean_score_pair_acc"]}
 
 
-def run_fold(candidate: str, fold: int, cache: Path) -> dict:
-    """Build the candidate without the fold's photos and probe it on them (test split sealed)."""
+def run_fold(candidate: str, fold: int, cache: Path, seed: int = 0) -> dict:
+    """Build the candidate (with ``seed``) without the fold's photos and probe it on them (test
+    split sealed)."""
     from evoquality.determinism import pinned_cpu
     from evoquality.pool import sealed_splits
     from evoquality.pretrain import pretrain_weak_base
 
     held = folds()[fold]
     fit = [p for p in training_photos() if p not in held]
-    settings = settings_of(candidate, fit)
+    settings = settings_of(candidate, fit, seed)
     began = time.perf_counter()
     with sealed_splits("test", "all"), tempfile.TemporaryDirectory() as tmp, pinned_cpu(1):
         path = pretrain_weak_base(Path(tmp) / "base", cache, settings)
@@ -195,6 +200,7 @@ def run_fold(candidate: str, fold: int, cache: Path) -> dict:
     return {
         "candidate": candidate,
         "fold": fold,
+        "seed": seed,
         "validation_photos": held,
         **measured,
         "build_seconds": round(built, 1),
@@ -265,14 +271,40 @@ def build_final(candidate: str, cache: Path, out: Path) -> None:
     )
 
 
-def search(workers: int, cache: Path, candidates: list[str], folds_wanted: list[int]) -> None:
-    done = {(r["candidate"], r["fold"]) for r in read_log()}
-    todo = [(c, f) for c in candidates for f in folds_wanted if (c, f) not in done]
+def search(
+    workers: int, cache: Path, candidates: list[str], folds_wanted: list[int], seeds: list[int]
+) -> None:
+    """Every missing (candidate, fold, seed) build, ``workers`` at once; seed 0's rows go to the
+    search's log, other seeds' to `SEED_LOG` (rows before the sixth search carry no seed: 0)."""
+    done = {(r["candidate"], r["fold"], r.get("seed", 0)) for r in read_log() + read_log(SEED_LOG)}
+    todo = [
+        (c, f, s) for c in candidates for f in folds_wanted for s in seeds if (c, f, s) not in done
+    ]
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        futures = [pool.submit(run_fold, c, f, cache) for c, f in todo]
-        for future in futures:
-            append_row(LOG, future.result())
+        futures = [pool.submit(run_fold, c, f, cache, s) for c, f, s in todo]
+        for (_, _, seed), future in zip(todo, futures, strict=True):
+            append_row(SEED_LOG if seed else LOG, future.result())
+
+
+def seed_table(rows: list[dict]) -> str:
+    """Per candidate and fold, the builds of every seed (`SEED_LOG` and the search's seed 0)."""
+    lines = [
+        "| candidate | fold | seed | comparison vote acc. | K=8 majority acc. "
+        "| mean-of-16 pair acc. | asymmetry | expected-digit SRCC | position bias |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    measured = {(r["candidate"], r["fold"]) for r in rows if r.get("seed", 0)}
+    for r in sorted(
+        (r for r in rows if (r["candidate"], r["fold"]) in measured),
+        key=lambda r: (r["candidate"], r["fold"], r.get("seed", 0)),
+    ):
+        lines.append(
+            f"| {r['candidate']} | {r['fold']} | {r.get('seed', 0)} | {r['vote_acc']:.3f} "
+            f"| {r['majority_acc']:.3f} | {r['mean_score_pair_acc']:.3f} | {r['gap']:+.3f} "
+            f"| {r['expected_srcc']:.3f} | {r['position_bias']:+.3f} |"
+        )
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -293,6 +325,13 @@ def main() -> None:
         help="run only this fold (repeatable; default: every fold)",
     )
     parser.add_argument(
+        "--seed",
+        action="append",
+        type=int,
+        help="build with this seed (repeatable; default: 0, the search's; other seeds are logged "
+        "to docs/base-search/seeds.jsonl and do not enter the rule)",
+    )
+    parser.add_argument(
         "--final",
         action="store_true",
         help="build the rule's choice on all training photos and measure it on the held-out ones",
@@ -303,9 +342,12 @@ def main() -> None:
 
     if not (args.table_only or args.final):
         candidates = args.candidate or list(CANDIDATES)
-        search(args.workers, cache_dir(), candidates, args.fold or list(range(FOLDS)))
+        folds_wanted = args.fold or list(range(FOLDS))
+        search(args.workers, cache_dir(), candidates, folds_wanted, args.seed or [0])
     text, chosen = table(read_log())
     print(text)
+    if read_log(SEED_LOG):
+        print(seed_table(read_log() + read_log(SEED_LOG)))
     print(f"chosen (rule: max asymmetry with majority acc. >= {MIN_MAJORITY_ACC}): {chosen}")
     if args.final:
         if chosen is None or args.out is None:
