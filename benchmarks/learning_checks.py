@@ -69,11 +69,9 @@ def run_short_oracle(seed: int, variant: str, work: Path, cache: Path, n_eval: i
         "weak_base": committed_weak_base().name,
         "base_expected_srcc": base["expected_srcc"],
         "after_expected_srcc": after["expected_srcc"],
-        "gain_expected": after["expected_srcc"] - base["expected_srcc"],
         "base_sample_tau": base["sample_tau"],
-        "gain_tau": after["sample_tau"] - base["sample_tau"],
-        "gain_compare": after["compare_acc"] - base["compare_acc"],
         "after_spread": after["spread"],
+        **se.short_check_gains(result),
     }
     if n_eval:
         row.update(
@@ -81,8 +79,6 @@ def run_short_oracle(seed: int, variant: str, work: Path, cache: Path, n_eval: i
             base_srcc=base["srcc"],
             after_srcc1=after["srcc1"],
             after_srcc=after["srcc"],
-            gain1=after["srcc1"] - base["srcc1"],
-            gain=after["srcc"] - base["srcc"],
             parse_rate=after["parse_rate"],
         )
     return row

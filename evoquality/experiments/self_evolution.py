@@ -295,22 +295,43 @@ def short_oracle_check(
     return {"base": base, "after": run["rounds"][-1]}
 
 
-def _pinned_short_oracle_check(seed: int, out: Path, cache: Path, labels: str) -> dict:
+def short_check_gains(result: dict) -> dict:
+    """A `short_oracle_check` result's gains of the trained policy over the base: the probed ones
+    (``gain_tau``: the expected Kendall tau of one sampled digit, the CI test's statistic;
+    ``gain_expected``: expected-digit SRCC; ``gain_compare``: comparison accuracy) and, when the
+    check sampled scores, ``gain1`` (single-sample SRCC) and ``gain`` (mean-of-n SRCC)."""
+    base, after = result["base"], result["after"]
+    gains = {
+        "gain_tau": after["sample_tau"] - base["sample_tau"],
+        "gain_expected": after["expected_srcc"] - base["expected_srcc"],
+        "gain_compare": after["compare_acc"] - base["compare_acc"],
+    }
+    if "srcc1" in after:
+        gains.update(gain1=after["srcc1"] - base["srcc1"], gain=after["srcc"] - base["srcc"])
+    return gains
+
+
+def _pinned_short_oracle_check(seed: int, out: Path, cache: Path, labels: str, n_eval: int) -> dict:
     from evoquality.determinism import pinned_cpu
 
     with pinned_cpu(threads=1):
-        return short_oracle_check(seed, out, cache, labels)
+        return short_oracle_check(seed, out, cache, labels, n_eval)
 
 
 def short_oracle_checks(
-    seeds: list[int], out: Path, cache: Path, labels: str = "oracle", workers: int = 2
+    seeds: list[int],
+    out: Path,
+    cache: Path,
+    labels: str = "oracle",
+    workers: int = 2,
+    n_eval: int = SHORT_N_EVAL,
 ) -> list[dict]:
     """`short_oracle_check` for each seed, each on one CPU thread, ``workers`` processes at once
     (spawned: a fresh interpreter per worker, so no thread pool or RNG state leaks between)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    outs = [Path(out) / f"seed-{seed}" for seed in seeds]
+    outs = [Path(out) / f"{labels}-seed-{seed}" for seed in seeds]
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
         runs = pool.map(
@@ -319,5 +340,6 @@ def short_oracle_checks(
             outs,
             [Path(cache)] * len(seeds),
             [labels] * len(seeds),
+            [n_eval] * len(seeds),
         )
         return list(runs)
