@@ -19,7 +19,7 @@ seeds at a time). Calibrated by `benchmarks/learning_checks.py --check short-ora
 
 MIN_MEAN_GAIN = -0.012 sits 4.1 sd below the oracle and 4.6 sd above the inverted pipeline; the
 oracle must beat it and the inverted control must not. Seeds 0-3 here: oracle 0.060, inverted
--0.020 (seed 1 is the inverted outlier, -0.005). Two threads gave bit-identical gains (docs).
+-0.020 (seed 1 is the inverted outlier, -0.005). Two threads gave the same gains within 6e-7 (docs).
 Limit: a pipeline that learns nothing (`zero`: gain exactly 0) or uninformative labels
 (`shuffled`: +0.002 +- 0.024) pass; no statistic here separates them from the oracle at 4 seeds
 (docs). Two tests (oracle, inverted), ~2 min each on 2 idle cores.
