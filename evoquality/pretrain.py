@@ -80,6 +80,9 @@ class PretrainSettings:
     score_noise: float = 0.0
     compare_both_orders: bool = False  # each comparison example also in the swapped order
     visual_lr_scale: float = 1.0  # learning-rate factor of the vision tower (see _optimizer)
+    # The answer stage's learning rate over its steps: "constant", or "cosine" (a linear warm-up
+    # over the first `COSINE_WARMUP_SHARE` of the steps, then a cosine decay to 0; see `_schedule`).
+    answer_lr_schedule: str = "constant"
     tiny_warmup_steps: int = 100  # the tiny model's own format warm-up (random answers)
     hidden_size: int = 64  # language model width (evoquality.tiny_model)
     layers: int = 2  # language model depth
@@ -292,6 +295,25 @@ def _optimizer(model, settings: PretrainSettings, extra_params=()):
     return torch.optim.AdamW(groups, lr=lr, weight_decay=0.0)
 
 
+COSINE_WARMUP_SHARE = 0.05  # share of the answer steps spent warming up a "cosine" schedule
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def _schedule(optimizer, settings: PretrainSettings):
+    """The answer stage's learning-rate scheduler (transformers' own), stepped once per
+    optimizer step; None for "constant", whose build path stays exactly the v3 one."""
+    if settings.answer_lr_schedule not in LR_SCHEDULES:
+        raise ValueError(
+            f"answer_lr_schedule {settings.answer_lr_schedule!r} is not one of {LR_SCHEDULES}"
+        )
+    if settings.answer_lr_schedule == "constant":
+        return None
+    from transformers import get_cosine_schedule_with_warmup
+
+    warmup = round(COSINE_WARMUP_SHARE * settings.steps)
+    return get_cosine_schedule_with_warmup(optimizer, warmup, settings.steps)
+
+
 def answer_prompt(processor, n_images: int) -> str:
     """The chat text up to the assistant's answer: the comparison prompt for 2 images, the
     scoring prompt for 1 (reasoning off). Shared by the pre-training and
@@ -313,6 +335,7 @@ def _supervised_steps(model, processor, images, targets, settings: PretrainSetti
     prompt_text = {n: answer_prompt(processor, n) for n in (1, 2)}
     probe = VisionProbe(model, settings.vision_aux_weight) if settings.vision_aux_weight else None
     optimizer = _optimizer(model, settings, probe.parameters() if probe else ())
+    scheduler = _schedule(optimizer, settings)
     model.train()
     loss_value = float("nan")
     for _ in range(settings.steps):
@@ -325,6 +348,8 @@ def _supervised_steps(model, processor, images, targets, settings: PretrainSetti
         loss_value = answer_step(
             model, processor, optimizer, texts, batch_images, im_start, extra_loss=probe
         )
+        if scheduler:
+            scheduler.step()
     model.eval()
     return loss_value
 

@@ -4,6 +4,7 @@ the examples of a batch."""
 import dataclasses
 
 import numpy as np
+import pytest
 
 from evoquality.pretrain import (
     PretrainSettings,
@@ -138,3 +139,43 @@ def test_frequency_filter_bank_separates_brightness_colour_and_frequency():
     assert (ramp[coarse] ** 2).sum() > 100 * (ramp[fine] ** 2).sum()
     assert (speckled[fine] ** 2).sum() > 100 * (ramp[fine] ** 2).sum()
     assert np.array_equal(bank, frequency_filter_bank(32, 14, 2, seed=0))
+
+
+def _lrs_over_the_steps(settings):
+    import torch
+
+    from evoquality.pretrain import _schedule
+
+    tower, rest = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    lr = settings.learning_rate
+    groups = [{"params": [rest], "lr": lr}, {"params": [tower], "lr": lr * 0.2}]
+    optimizer = torch.optim.AdamW(groups, lr=lr)
+    scheduler = _schedule(optimizer, settings)
+    seen = []
+    for _ in range(settings.steps):
+        seen.append([g["lr"] for g in optimizer.param_groups])
+        optimizer.step()
+        if scheduler:
+            scheduler.step()
+    return np.array(seen)
+
+
+def test_cosine_schedule_warms_up_peaks_and_decays_every_group_alike():
+    from evoquality.pretrain import COSINE_WARMUP_SHARE
+
+    settings = PretrainSettings(steps=400, answer_lr_schedule="cosine")
+    lrs = _lrs_over_the_steps(settings)
+    warmup = round(COSINE_WARMUP_SHARE * settings.steps)
+    assert lrs[0, 0] == 0.0
+    assert np.all(np.diff(lrs[: warmup + 1, 0]) > 0)  # the warm-up rises
+    assert lrs[warmup, 0] == pytest.approx(settings.learning_rate)  # to the full rate
+    assert np.all(np.diff(lrs[warmup:, 0]) < 0)  # then only falls
+    assert lrs[-1, 0] < 1e-3 * settings.learning_rate  # almost to 0
+    assert np.allclose(lrs[:, 1], 0.2 * lrs[:, 0])  # the tower keeps its factor throughout
+
+
+def test_constant_schedule_keeps_the_rate_and_unknown_ones_are_refused():
+    lrs = _lrs_over_the_steps(PretrainSettings(steps=50))
+    assert np.all(lrs[:, 0] == PretrainSettings().learning_rate)
+    with pytest.raises(ValueError, match="answer_lr_schedule"):
+        _lrs_over_the_steps(PretrainSettings(steps=5, answer_lr_schedule="linear"))
