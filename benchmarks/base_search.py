@@ -168,6 +168,19 @@ CANDIDATES: dict[str, dict] = {
         "answer_lr_schedule": "cosine",
     },
 }
+# Builds that explain rather than compete: run like candidates (`--candidate`), logged to
+# `SEED_LOG`, shown in the seed table, never ruled on. Added after the seventh search's first
+# builds (seed 2 failed with the cosine schedule too) and before any of their builds ran: the
+# comparisons-90 % recipe with the tiny model of one seed (tokenizer, initial weights, format
+# warm-up) and the examples of another (`--seed`), to tell which of the two a build follows.
+DIAGNOSTICS: dict[str, dict] = {
+    f"comparisons 90 % recipe, tiny model of seed {tiny}": {
+        **MORE_PICTURES_80,
+        "compare_share": 0.9,
+        "tiny_seed": tiny,
+    }
+    for tiny in (0, 2)
+}
 PROBE_PAIRS = 1000
 LOG = Path("docs/base-search/search.jsonl")
 # Builds with another seed than the search's 0 (`--seed`): how much a candidate's numbers move
@@ -191,7 +204,10 @@ def settings_of(candidate: str, photos: list[str] | None, seed: int = 0):
     from evoquality.pretrain import PretrainSettings
 
     return dataclasses.replace(
-        PretrainSettings(), **CANDIDATES[candidate], seed=seed, photos=photos and tuple(photos)
+        PretrainSettings(),
+        **{**CANDIDATES, **DIAGNOSTICS}[candidate],
+        seed=seed,
+        photos=photos and tuple(photos),
     )
 
 
@@ -309,8 +325,9 @@ def build_final(candidate: str, cache: Path, out: Path) -> None:
 def search(
     workers: int, cache: Path, candidates: list[str], folds_wanted: list[int], seeds: list[int]
 ) -> None:
-    """Every missing (candidate, fold, seed) build, ``workers`` at once; seed 0's rows go to the
-    search's log, other seeds' to `SEED_LOG` (rows before the sixth search carry no seed: 0)."""
+    """Every missing (candidate, fold, seed) build, ``workers`` at once; a candidate's seed-0 rows
+    go to the search's log, other seeds' and every diagnostic's to `SEED_LOG` (rows before the
+    sixth search carry no seed: 0)."""
     done = {(r["candidate"], r["fold"], r.get("seed", 0)) for r in read_log() + read_log(SEED_LOG)}
     todo = [
         (c, f, s) for c in candidates for f in folds_wanted for s in seeds if (c, f, s) not in done
@@ -318,18 +335,21 @@ def search(
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
         futures = [pool.submit(run_fold, c, f, cache, s) for c, f, s in todo]
-        for (_, _, seed), future in zip(todo, futures, strict=True):
-            append_row(SEED_LOG if seed else LOG, future.result())
+        for (candidate, _, seed), future in zip(todo, futures, strict=True):
+            ruled = seed == 0 and candidate in CANDIDATES
+            append_row(LOG if ruled else SEED_LOG, future.result())
 
 
 def seed_table(rows: list[dict]) -> str:
-    """Per candidate and fold, the builds of every seed (`SEED_LOG` and the search's seed 0)."""
+    """Per candidate (or diagnostic) and fold, the builds of every seed (`SEED_LOG` and the
+    search's seed 0)."""
     lines = [
         "| candidate | fold | seed | comparison vote acc. | K=8 majority acc. "
         "| mean-of-16 pair acc. | asymmetry | expected-digit SRCC | position bias |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    measured = {(r["candidate"], r["fold"]) for r in rows if r.get("seed", 0)}
+    shown = [r for r in rows if r.get("seed", 0) or r["candidate"] in DIAGNOSTICS]
+    measured = {(r["candidate"], r["fold"]) for r in shown}
     for r in sorted(
         (r for r in rows if (r["candidate"], r["fold"]) in measured),
         key=lambda r: (r["candidate"], r["fold"], r.get("seed", 0)),
@@ -349,7 +369,7 @@ def main() -> None:
     parser.add_argument(
         "--candidate",
         action="append",
-        choices=list(CANDIDATES),
+        choices=[*CANDIDATES, *DIAGNOSTICS],
         help="run only this candidate's folds (repeatable; default: every candidate)",
     )
     parser.add_argument(

@@ -84,6 +84,10 @@ class PretrainSettings:
     # over the first `COSINE_WARMUP_SHARE` of the steps, then a cosine decay to 0; see `_schedule`).
     answer_lr_schedule: str = "constant"
     tiny_warmup_steps: int = 100  # the tiny model's own format warm-up (random answers)
+    # Seed of the tiny model's build (tokenizer, initial weights, format warm-up); None = `seed`.
+    # Set apart from `seed` (which also draws the examples) to tell which of the two a build's
+    # outcome follows (`benchmarks/base_search.py`'s DIAGNOSTICS).
+    tiny_seed: int | None = None
     hidden_size: int = 64  # language model width (evoquality.tiny_model)
     layers: int = 2  # language model depth
     vision_hidden_size: int = 32  # vision tower width
@@ -373,7 +377,7 @@ def pretrain_weak_base(
     with tempfile.TemporaryDirectory(prefix="weak-base-") as tmp, pinned_cpu(settings.threads):
         tiny = make_tiny_model(
             Path(tmp) / "tiny",
-            seed=settings.seed,
+            seed=settings.seed if settings.tiny_seed is None else settings.tiny_seed,
             image_size=settings.image_size,
             warmup_steps=settings.tiny_warmup_steps,
             hidden_size=settings.hidden_size,
