@@ -167,6 +167,16 @@ CANDIDATES: dict[str, dict] = {
         "compare_share": 0.9,
         "answer_lr_schedule": "cosine",
     },
+    # Added after the cosine candidate's folds 0-1 and the DIAGNOSTICS (the build follows the tiny
+    # model's seed, not the examples'; the format warm-up blows the tower's output up and leaves
+    # seed 2's answers blind to the image) and before any of its builds ran: the comparisons-90 %
+    # recipe with a format warm-up that leaves the vision tower as initialised.
+    "two stages, extra and more pictures, comparisons 90 %, both orders, scores noise 2, "
+    "6,000 steps, format warm-up without the tower": {
+        **MORE_PICTURES_80,
+        "compare_share": 0.9,
+        "tiny_warmup_tower": False,
+    },
 }
 # Builds that explain rather than compete: run like candidates (`--candidate`), logged to
 # `SEED_LOG`, shown in the seed table, never ruled on. Added after the seventh search's first

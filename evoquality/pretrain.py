@@ -84,6 +84,7 @@ class PretrainSettings:
     # over the first `COSINE_WARMUP_SHARE` of the steps, then a cosine decay to 0; see `_schedule`).
     answer_lr_schedule: str = "constant"
     tiny_warmup_steps: int = 100  # the tiny model's own format warm-up (random answers)
+    tiny_warmup_tower: bool = True  # whether that warm-up also trains the vision tower
     # Seed of the tiny model's build (tokenizer, initial weights, format warm-up); None = `seed`.
     # Set apart from `seed` (which also draws the examples) to tell which of the two a build's
     # outcome follows (`benchmarks/base_search.py`'s DIAGNOSTICS).
@@ -380,6 +381,7 @@ def pretrain_weak_base(
             seed=settings.seed if settings.tiny_seed is None else settings.tiny_seed,
             image_size=settings.image_size,
             warmup_steps=settings.tiny_warmup_steps,
+            warmup_tower=settings.tiny_warmup_tower,
             hidden_size=settings.hidden_size,
             layers=settings.layers,
             vision_hidden_size=settings.vision_hidden_size,

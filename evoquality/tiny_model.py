@@ -244,8 +244,9 @@ def _random_image(rng: np.random.Generator, size: int):
     return Image.fromarray(pixels)
 
 
-def _warm_up(model, processor, steps: int, image_size: int, seed: int) -> float:
-    """Teacher-forced steps on well-formed answers (loss on the answer tokens only)."""
+def _warm_up(model, processor, steps: int, image_size: int, seed: int, tower: bool = True) -> float:
+    """Teacher-forced steps on well-formed answers (loss on the answer tokens only); with
+    ``tower`` False the vision tower (merger included) keeps its initial weights."""
     import torch
 
     from evoquality import prompts
@@ -254,7 +255,9 @@ def _warm_up(model, processor, steps: int, image_size: int, seed: int) -> float:
     rng = np.random.default_rng(seed + 1)
     tokenizer = processor.tokenizer
     im_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=6e-3, weight_decay=0.0)
+    visual = {id(p) for p in model.model.visual.parameters()}
+    trained = [p for p in model.parameters() if tower or id(p) not in visual]
+    optimizer = torch.optim.AdamW(trained, lr=6e-3, weight_decay=0.0)
     model.train()
     loss_value = float("nan")
     batch = 8
@@ -319,12 +322,16 @@ def make_tiny_model(
     vision_hidden_size: int = 32,
     vision_depth: int = 2,
     patch_init: str = "random",
+    warmup_tower: bool = True,
 ) -> Path:
     """Build the tiny model into ``out_dir`` (created; must be empty or absent) and return it.
 
     ``image_size`` is the side of the warm-up images; the saved processor caps images at
     ``4 * image_size**2`` pixels (56 -> 12544 = 16 x 28 x 28: 16 image tokens) and at least one
-    28 x 28 patch. ``warmup_steps`` teacher-forced steps teach the answer format (0 = pure random).
+    28 x 28 patch. ``warmup_steps`` teacher-forced steps teach the answer format (0 = pure random);
+    with ``warmup_tower`` False they leave the vision tower at its initialisation (the warm-up's
+    random answers at lr 6e-3 blow its output up ~200x and can leave the answers blind to the
+    image: docs/self-evolution.md, "Seventh search").
     """
     import torch
     from transformers import (
@@ -367,7 +374,11 @@ def make_tiny_model(
                 proj.copy_(torch.from_numpy(bank) * float(proj.flatten(1).norm(dim=1).mean()))
         elif patch_init != "random":
             raise ValueError(f"patch_init must be 'random' or 'frequency', not {patch_init!r}")
-        loss = _warm_up(model, processor, warmup_steps, image_size, seed) if warmup_steps else None
+        loss = (
+            _warm_up(model, processor, warmup_steps, image_size, seed, warmup_tower)
+            if warmup_steps
+            else None
+        )
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_end|>")}
     model.generation_config = GenerationConfig(
@@ -397,6 +408,7 @@ def make_tiny_model(
         "vision_depth": vision_depth,
         "patch_init": patch_init,
         "warmup_steps": warmup_steps,
+        "warmup_tower": warmup_tower,
         "warmup_final_loss": loss,
         "parameters": n_params,
         "min_pixels": min_pixels,

@@ -117,3 +117,22 @@ def test_extra_pictures_join_the_training_photos(tmp_path):
     pictures = load_manifest("syniqa:extra?size=56", tmp_path / "cache")
     assert marker["training_images"] == 36 + len(pictures)  # camera: grey, 36 images
     assert marker["extra_pictures"] is True and marker["vision_steps"] == 1
+
+
+def test_format_warm_up_without_the_tower_trains_only_the_language_side(tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    def weights(warmup_steps, warmup_tower=True):
+        path = make_tiny_model(
+            tmp_path / f"m{warmup_steps}{warmup_tower}",
+            warmup_steps=warmup_steps,
+            patch_init="frequency",
+            warmup_tower=warmup_tower,
+        )
+        model = AutoModelForImageTextToText.from_pretrained(path)
+        return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    initial, frozen, trained = weights(0), weights(2, False), weights(2)
+    for part, moved in (("visual", trained), ("language", trained), ("language", frozen)):
+        assert any(not (moved[n] == initial[n]).all() for n in initial if part in n), part
+    assert all((frozen[n] == initial[n]).all() for n in initial if "visual" in n)
