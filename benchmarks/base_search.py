@@ -177,6 +177,16 @@ CANDIDATES: dict[str, dict] = {
         "compare_share": 0.9,
         "tiny_warmup_tower": False,
     },
+    # Added after that candidate's 9 builds (majority 0.593, no build blind to the images) and
+    # before any of its own ran: the same with a third text layer, which failed in the sixth
+    # search the way the warm-up's blind builds do.
+    "two stages, extra and more pictures, comparisons 90 %, both orders, scores noise 2, "
+    "6,000 steps, format warm-up without the tower, 3 text layers": {
+        **MORE_PICTURES_80,
+        "compare_share": 0.9,
+        "tiny_warmup_tower": False,
+        "layers": 3,
+    },
 }
 # Builds that explain rather than compete: run like candidates (`--candidate`), logged to
 # `SEED_LOG`, shown in the seed table, never ruled on. Added after the seventh search's first
