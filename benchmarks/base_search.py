@@ -28,7 +28,7 @@ The chosen recipe is then built on all 7 training photos
 it takes no candidate, only the rule's choice, refuses a second measurement, and appends its row
 to ``docs/base-search/final.jsonl``). (First search,
 docs/self-evolution.md: no candidate's comparisons beat chance on the validation photos, so none
-was chosen and nothing was built. Second to sixth searches: the two-stage candidates,
+was chosen and nothing was built. Second to seventh searches: the two-stage candidates,
 see the docs.)
 """
 

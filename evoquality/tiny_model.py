@@ -330,7 +330,7 @@ def make_tiny_model(
     ``4 * image_size**2`` pixels (56 -> 12544 = 16 x 28 x 28: 16 image tokens) and at least one
     28 x 28 patch. ``warmup_steps`` teacher-forced steps teach the answer format (0 = pure random);
     with ``warmup_tower`` False they leave the vision tower at its initialisation (the warm-up's
-    random answers at lr 6e-3 blow its output up ~200x and can leave the answers blind to the
+    random answers at lr 6e-3 blow its output up 170-380x and can leave the answers blind to the
     image: docs/self-evolution.md, "Seventh search").
     """
     import torch
