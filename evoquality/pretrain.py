@@ -49,7 +49,7 @@ import numpy as np
 
 from evoquality.determinism import pinned_cpu
 from evoquality.prompts import prompts_fingerprint
-from evoquality.tiny_model import answer_step, build_atomic
+from evoquality.tiny_model import answer_step, build_atomic, visual_parameters
 
 WEAK_MARKER_FILE = "evoquality_weak.json"
 WEAK_VERSION = 3  # 3: on the tiny model v2 (text head size 32), built with 1 CPU thread
@@ -267,8 +267,9 @@ def _vision_steps(model, processor, images, targets, settings: PretrainSettings)
     if not settings.vision_steps:
         return
     probe = VisionProbe(model, 1.0)
-    visual = list(model.model.visual.parameters())
-    optimizer = torch.optim.AdamW(visual + probe.parameters(), lr=settings.learning_rate)
+    optimizer = torch.optim.AdamW(
+        visual_parameters(model) + probe.parameters(), lr=settings.learning_rate
+    )
     rng = np.random.default_rng(settings.seed + 5)
     model.train()
     for _ in range(settings.vision_steps):
@@ -289,7 +290,7 @@ def _optimizer(model, settings: PretrainSettings, extra_params=()):
     """
     import torch
 
-    visual = [p for n, p in model.named_parameters() if ".visual." in f".{n}"]
+    visual = visual_parameters(model)
     visual_ids = {id(p) for p in visual}
     rest = [p for p in model.parameters() if id(p) not in visual_ids]
     lr = settings.learning_rate

@@ -244,6 +244,12 @@ def _random_image(rng: np.random.Generator, size: int):
     return Image.fromarray(pixels)
 
 
+def visual_parameters(model) -> list:
+    """The vision tower's parameters (merger included), in the model's own order. Shared by the
+    format warm-up here and the weak-base pre-training's optimizers (`evoquality.pretrain`)."""
+    return list(model.model.visual.parameters())
+
+
 def _warm_up(model, processor, steps: int, image_size: int, seed: int, tower: bool = True) -> float:
     """Teacher-forced steps on well-formed answers (loss on the answer tokens only); with
     ``tower`` False the vision tower (merger included) keeps its initial weights."""
@@ -255,7 +261,7 @@ def _warm_up(model, processor, steps: int, image_size: int, seed: int, tower: bo
     rng = np.random.default_rng(seed + 1)
     tokenizer = processor.tokenizer
     im_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
-    visual = {id(p) for p in model.model.visual.parameters()}
+    visual = {id(p) for p in visual_parameters(model)}
     trained = [p for p in model.parameters() if tower or id(p) not in visual]
     optimizer = torch.optim.AdamW(trained, lr=6e-3, weight_decay=0.0)
     model.train()
