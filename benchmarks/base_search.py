@@ -187,6 +187,25 @@ CANDIDATES: dict[str, dict] = {
         "tiny_warmup_tower": False,
         "layers": 3,
     },
+    # Added after that candidate's 9 builds (majority 0.594; fold 2's photos the limit) and before
+    # any of their builds ran: the two widths that failed in the fifth and sixth searches the way
+    # the warm-up's blind builds do (majority 0.500), now with the tower-free warm-up and the third
+    # text layer: a vision tower twice as wide (perception of the unseen photos), and a text model
+    # twice as wide (the part that contrasts two images).
+    **{
+        "two stages, extra and more pictures, comparisons 90 %, both orders, scores noise 2, "
+        f"6,000 steps, format warm-up without the tower, 3 text layers, {label}": {
+            **MORE_PICTURES_80,
+            "compare_share": 0.9,
+            "tiny_warmup_tower": False,
+            "layers": 3,
+            **change,
+        }
+        for label, change in (
+            ("vision tower width 64", {"vision_hidden_size": 64}),
+            ("text width 128", {"hidden_size": 128}),
+        )
+    },
 }
 # Builds that explain rather than compete: run like candidates (`--candidate`), logged to
 # `SEED_LOG`, shown in the seed table, never ruled on. Added after the seventh search's first
