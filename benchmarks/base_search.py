@@ -61,6 +61,14 @@ MORE_PICTURES_80 = {
     "score_noise": 2.0,
     "steps": 6000,
 }
+# What the seventh search's last candidate and the eighth search's share: comparisons in 90 % of
+# the draws, a format warm-up that leaves the vision tower as initialised, a third text layer.
+TOWER_FREE_3_LAYERS = {
+    **MORE_PICTURES_80,
+    "compare_share": 0.9,
+    "tiny_warmup_tower": False,
+    "layers": 3,
+}
 # Every candidate is `PretrainSettings()` (the tiny-weak v3 recipe) with these changes.
 CANDIDATES: dict[str, dict] = {
     "v3 recipe": {},
@@ -181,12 +189,7 @@ CANDIDATES: dict[str, dict] = {
     # before any of its own ran: the same with a third text layer, which failed in the sixth
     # search the way the warm-up's blind builds do.
     "two stages, extra and more pictures, comparisons 90 %, both orders, scores noise 2, "
-    "6,000 steps, format warm-up without the tower, 3 text layers": {
-        **MORE_PICTURES_80,
-        "compare_share": 0.9,
-        "tiny_warmup_tower": False,
-        "layers": 3,
-    },
+    "6,000 steps, format warm-up without the tower, 3 text layers": TOWER_FREE_3_LAYERS,
     # Added after that candidate's 9 builds (majority 0.594; fold 2's photos the limit) and before
     # any of their builds ran: the two widths that failed in the fifth and sixth searches the way
     # the warm-up's blind builds do (majority 0.500), now with the tower-free warm-up and the third
@@ -195,10 +198,7 @@ CANDIDATES: dict[str, dict] = {
     **{
         "two stages, extra and more pictures, comparisons 90 %, both orders, scores noise 2, "
         f"6,000 steps, format warm-up without the tower, 3 text layers, {label}": {
-            **MORE_PICTURES_80,
-            "compare_share": 0.9,
-            "tiny_warmup_tower": False,
-            "layers": 3,
+            **TOWER_FREE_3_LAYERS,
             **change,
         }
         for label, change in (
@@ -212,10 +212,7 @@ CANDIDATES: dict[str, dict] = {
     # long again, so the comparisons (90 % of the draws) get 50 % more examples.
     "two stages, extra and more pictures, comparisons 90 %, both orders, scores noise 2, "
     "9,000 steps, format warm-up without the tower, 3 text layers": {
-        **MORE_PICTURES_80,
-        "compare_share": 0.9,
-        "tiny_warmup_tower": False,
-        "layers": 3,
+        **TOWER_FREE_3_LAYERS,
         "steps": 9000,
     },
 }
