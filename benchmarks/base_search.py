@@ -28,8 +28,9 @@ The chosen recipe is then built on all 7 training photos
 it takes no candidate, only the rule's choice, refuses a second measurement, and appends its row
 to ``docs/base-search/final.jsonl``). (First search,
 docs/self-evolution.md: no candidate's comparisons beat chance on the validation photos, so none
-was chosen and nothing was built. Second to seventh searches: the two-stage candidates,
-see the docs.)
+was chosen and nothing was built. Second to eighth searches: the two-stage candidates, see the
+docs; the eighth search's 9,000-step candidate is the first the rule chose, and its ``--final``
+row is in the log.)
 """
 
 from __future__ import annotations
