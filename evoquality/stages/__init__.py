@@ -1,7 +1,8 @@
 """The four stage commands (`evoquality stage <vote|rank|train|eval>`): one entry point each.
 
 `run_stage` is the whole stage contract: open the run's store, pin the spec, run the stage unless
-its summary is already committed, and print the summary line last.
+its summary is already committed, close the ranks' process groups, and print the summary line
+last.
 """
 
 from __future__ import annotations
@@ -26,13 +27,16 @@ def run_stage(args: StageArgs) -> dict:
     elif args.shard is not None or args.num_shards is not None:
         raise StageError("only the vote stage is sharded")
     ctx = StageContext(args)
-    summary = ctx.ranks.decide(  # under several ranks, rank 0's answer for all of them
-        lambda: artifacts.read_summary(
-            ctx.store, args.stage, args.round, args.shard, args.num_shards
+    try:
+        summary = ctx.ranks.decide(  # under several ranks, rank 0's answer for all of them
+            lambda: artifacts.read_summary(
+                ctx.store, args.stage, args.round, args.shard, args.num_shards
+            )
         )
-    )
-    if summary is None:
-        summary = import_module(f"evoquality.stages.{args.stage}").run(ctx)
+        if summary is None:
+            summary = import_module(f"evoquality.stages.{args.stage}").run(ctx)
+    finally:
+        ctx.ranks.close()
     emit_summary(summary)
     return summary
 

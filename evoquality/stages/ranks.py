@@ -13,6 +13,7 @@ in it while rank 0 uploads a model for many minutes.
   ranks share), then every rank of the world waits for all of them.
 * `node_first(fn)`: the same, then the other ranks run `fn` too (and find what it fetched cached).
 * `barrier()`.
+* `close()`: destroy the process groups before the interpreter exits (`run_stage` calls it).
 """
 
 from __future__ import annotations
@@ -135,6 +136,21 @@ class Ranks:
         if not ok:
             raise value
         return value
+
+    def close(self) -> None:
+        """Destroy every process group (the default one, DeepSpeed's and ours) while the
+        interpreter is whole. Left to interpreter exit, gloo's worker threads can still hold work
+        whose release needs the interpreter: the rank aborts ("terminate called without an active
+        exception", SIGABRT) after the stage committed, and torchrun fails the pod (seen in CI:
+        the operator found the committed summary and went on, but the Job had failed). Not a
+        collective: a rank that fails may close without waiting for the others."""
+        if not self.distributed:
+            return
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        self._group = None
 
     def on_node_main(self, fn: Callable[[], Any]) -> None:
         """Each node's local rank 0 runs `fn`; then every rank waits for all nodes."""

@@ -251,8 +251,9 @@ def test_two_rounds_with_faults_succeed(executed: Cluster, tmp_path):
     assert job["status"]["failed"] == 1
     assert not any(p.terminated for p in executed.executor.pods.values())
     assert [len(p) for p in executed.job_pods("quick-r1-vote").values()] == [1, 1]
-    for r in range(2):  # one pod per train Job, both ranks in it
-        assert [p.exit_code for p in executed.executor.pods_of(f"quick-r{r}-train")] == [0]
+    for r in range(2):  # one pod per train Job, both ranks in it, and no rank aborted at exit
+        train_pods = executed.executor.pods_of(f"quick-r{r}-train")
+        assert [p.exit_code for p in train_pods] == [0], executed.executor.describe()
     created = executed.kube.created("jobs")
     assert len(created) == len(set(created)) == 9  # base eval + 2 x (vote, rank, train, eval)
     assert [c for c in executed.kube.conflicts() if c[0] == "jobs"] == []

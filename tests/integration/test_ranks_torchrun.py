@@ -1,5 +1,6 @@
 """`Ranks` collectives with 2 real ranks under torchrun (gloo on CPU), no training: every rank gets
-rank 0's decision, and rank 0's error, so the other ranks fail when rank 0 does."""
+rank 0's decision, and rank 0's error, so the other ranks fail when rank 0 does; `close` leaves no
+process group to the interpreter's exit."""
 
 from __future__ import annotations
 
@@ -38,6 +39,12 @@ SCRIPT = textwrap.dedent(
     except StageError as exc:
         say(f"rank {ranks.rank} failed: {exc}")
         raise SystemExit(3)
+    finally:
+        import torch.distributed as dist
+
+        was = dist.is_initialized()
+        ranks.close()
+        say(f"rank {ranks.rank} closed: initialized {was} -> {dist.is_initialized()}")
     """
 )
 DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -63,4 +70,6 @@ def test_every_rank_follows_rank_0(tmp_path):
     assert {"rank 0 failed: rank 0 could not commit", "rank 1 failed: rank 0 could not commit"} <= (
         lines
     ), proc.stderr[-3000:]
+    # `close` (what `run_stage` does last) destroyed the process groups before exit
+    assert {f"rank {r} closed: initialized True -> False" for r in (0, 1)} <= lines
     assert proc.returncode != 0
