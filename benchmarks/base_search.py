@@ -30,7 +30,9 @@ to ``docs/base-search/final.jsonl``). (First search,
 docs/self-evolution.md: no candidate's comparisons beat chance on the validation photos, so none
 was chosen and nothing was built. Second to eighth searches: the two-stage candidates, see the
 docs; the eighth search's 9,000-step candidate is the first the rule chose, and its ``--final``
-row is in the log.)
+row is in the log. That build, seed 0 on all 7 training photos, is the committed `tiny-weak` v4,
+and the candidate's settings are `pretrain.WEAK_RECIPE`: the printed choice says whether the two
+still agree.)
 """
 
 from __future__ import annotations
@@ -70,7 +72,8 @@ TOWER_FREE_3_LAYERS = {
     "tiny_warmup_tower": False,
     "layers": 3,
 }
-# Every candidate is `PretrainSettings()` (the tiny-weak v3 recipe) with these changes.
+# Every candidate is `PretrainSettings()` (the dataclass defaults: the tiny-weak v3 recipe) with
+# these changes.
 CANDIDATES: dict[str, dict] = {
     "v3 recipe": {},
     "comparisons 50 %, both orders": {"compare_share": 0.5, "compare_both_orders": True},
@@ -456,6 +459,11 @@ def main() -> None:
         f"chosen (rule: max asymmetry with majority acc. >= {MIN_MAJORITY_ACC}, "
         f"over {FOLDS} folds x seeds {SEEDS}): {chosen}"
     )
+    if chosen is not None:
+        from evoquality.pretrain import WEAK_RECIPE
+
+        same = settings_of(chosen, None) == WEAK_RECIPE
+        print(f"the committed base's recipe (pretrain.WEAK_RECIPE) is {'' if same else 'NOT '}it")
     if args.final:
         if chosen is None or args.out is None:
             parser.error("--final needs a chosen candidate and --out")

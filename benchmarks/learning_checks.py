@@ -16,10 +16,11 @@ Checks (the code the tests run, from `evoquality.experiments`):
   expected Kendall tau of one sampled digit (`probe.sample_tau`), of expected-digit SRCC and of
   comparison accuracy; sampled SRCC gains too unless ``--n-eval 0``.
 
-Every run is appended as one JSON line to ``<out>/<check>.jsonl`` (a rerun skips the runs already
-there; a new weak base starts a new file, the old one is kept as ``<check>-weak-v<N>.jsonl``);
-the table printed at the end gives, per variant and thread count, the mean, standard deviation,
-minimum and mean - 4 sd of each check statistic.
+Every run is appended as one JSON line to ``<out>/<check>.jsonl``; a ``short-oracle`` row names
+the weak base it ran on (``weak_base``, e.g. ``tiny-weak-v4``). A rerun skips the runs already
+there for the current base, and the table printed at the end gives, per variant and thread count,
+the mean, standard deviation, minimum, maximum and mean - 4 sd of each check statistic over the
+current base's rows only (the older bases' rows stay in the file as the record).
 """
 
 from __future__ import annotations
@@ -61,12 +62,11 @@ def run_grey(seed: int, variant: str, work: Path, cache: Path, n_eval: int) -> d
 
 def run_short_oracle(seed: int, variant: str, work: Path, cache: Path, n_eval: int) -> dict:
     from evoquality.experiments import self_evolution as se
-    from evoquality.models import committed_weak_base
 
     result = se.short_oracle_check(seed, work, cache, labels=variant, n_eval=n_eval)
     base, after = result["base"], result["after"]
     row = {
-        "weak_base": committed_weak_base().name,
+        "weak_base": base_of("short-oracle"),
         "base_expected_srcc": base["expected_srcc"],
         "after_expected_srcc": after["expected_srcc"],
         "base_sample_tau": base["sample_tau"],
@@ -85,6 +85,13 @@ def run_short_oracle(seed: int, variant: str, work: Path, cache: Path, n_eval: i
 
 
 RUNNERS = {"grey": run_grey, "short-oracle": run_short_oracle}
+
+
+def base_of(check: str) -> str | None:
+    """The weak base a check's runs start from (None: the plain `tiny` model, built per run)."""
+    from evoquality.models import committed_weak_base
+
+    return committed_weak_base().name if check == "short-oracle" else None
 
 
 def summarise(rows: list[dict], check: str) -> str:
@@ -124,7 +131,8 @@ def main() -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     raw = args.out / f"{args.check}.jsonl"
-    rows = [json.loads(line) for line in raw.read_text().splitlines()] if raw.exists() else []
+    logged = [json.loads(line) for line in raw.read_text().splitlines()] if raw.exists() else []
+    rows = [r for r in logged if r.get("weak_base") == base_of(args.check)]
     done = {(r["variant"], r["threads"], r["seed"], r.get("n_eval", 16)) for r in rows}
     cache = cache_dir()
     variants = args.variants or CHECKS[args.check]

@@ -2,11 +2,12 @@
 
     HF_HUB_OFFLINE=1 EVOQUALITY_CACHE=/tmp/evo-cache python benchmarks/weak_base.py [--only recipe]
 
-Builds the `tiny-weak` recipe (`evoquality.pretrain.PretrainSettings()`) and variants that each
-drop one of its choices, then measures, deterministically (no sampling), on the HELD-OUT photos
-(`syniqa:test?crops=4`) and on 1,000 images of the training photos with
-the deterministic probe of `evoquality.experiments.probe` (expected-digit SRCC and spread,
-comparison accuracy and position bias, SRCC per distortion family).
+Builds the one-stage recipe of `tiny-weak` v2 and v3 (`evoquality.pretrain.PretrainSettings()`, the
+dataclass defaults; the committed v4 is `pretrain.WEAK_RECIPE`, chosen by
+`benchmarks/base_search.py`) and variants that each drop one of its choices, then measures,
+deterministically (no sampling), on the HELD-OUT photos (`syniqa:test?crops=4`) and on 1,000 images
+of the training photos with the deterministic probe of `evoquality.experiments.probe`
+(expected-digit SRCC and spread, comparison accuracy and position bias, SRCC per distortion family).
 
 ``--validation`` pre-trains on 5 of the 7 training photos and measures on the other 2 instead of
 the held-out photos, so the recipe's choices can be checked without reading the test split.

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from evoquality.pretrain import PretrainSettings
+from evoquality.pretrain import WEAK_RECIPE
 from evoquality.spec import SpecError, load_run
 
 app = typer.Typer(
@@ -188,22 +189,22 @@ def make_tiny_model_cmd(
         typer.Option(
             help="Give it weak quality perception: a short supervised fine-tune on the "
             "pseudo-MOS of SynIQA training photos (the recipe of the committed `tiny-weak` "
-            "base, ~4 min of one CPU core)."
+            "base, ~10 min of one CPU core)."
         ),
     ] = False,
     pretrain_steps: Annotated[
-        int, typer.Option(min=1, help="Supervised steps.")
-    ] = PretrainSettings.steps,
+        int, typer.Option(min=1, help="Supervised answer steps.")
+    ] = WEAK_RECIPE.steps,
     label_noise: Annotated[
         float, typer.Option(min=0.0, help="Std of the noise added to the pseudo-MOS targets.")
-    ] = PretrainSettings.label_noise,
+    ] = WEAK_RECIPE.label_noise,
 ) -> None:
     """Build a tiny random Qwen2.5-VL-architecture model offline (tests, quickstart)."""
     if pretrain:
         from evoquality.pretrain import pretrain_weak_base
         from evoquality.stages.context import cache_dir
 
-        settings = PretrainSettings(seed=seed, steps=pretrain_steps, label_noise=label_noise)
+        settings = replace(WEAK_RECIPE, seed=seed, steps=pretrain_steps, label_noise=label_noise)
         path = pretrain_weak_base(out_dir, cache_dir(), settings)
         err.print(f"weak base model: {path}")
         return
