@@ -1,6 +1,6 @@
 """`Probe.image_attention` on the committed weak base: where the answer position of the comparison
-and scoring prompts looks (docs/self-evolution.md, "Why the comparisons do not learn", for v3;
-"A base chosen: tiny-weak v4" for the committed base)."""
+and scoring prompts looks (docs/self-evolution.md: "The weak base" for the committed v4, "Why the
+comparisons do not learn" for v3)."""
 
 from __future__ import annotations
 
