@@ -1,13 +1,16 @@
 """The CPU self-evolution experiment with its controls (docs/self-evolution.md).
 
     HF_HUB_OFFLINE=1 EVOQUALITY_CACHE=/tmp/evo-cache python benchmarks/self_evolution.py \\
-        --seeds 0 1 2 --arms evo oracle k1 shuffled bt --out /tmp/evo-bench
+        --seeds 0 1 2 3 4 --arms evo oracle k1 shuffled bt --out /tmp/evo-bench
 
 Arms and protocol: `evoquality.experiments.self_evolution`. Prints the per-round table (mean ± std
-over seeds) and the gains after the last round (paired by seed, with 95 % t-intervals over seeds),
-writes the plot into docs/img/ and the raw numbers into ``--out``/results.json. Every checkpoint
-is also probed without sampling (expected-digit SRCC, comparison accuracy), so sharpening (sampled
-SRCC rises, expected-digit SRCC does not) is told apart from re-ranking.
+over seeds), the gains after the last round and the differences between evo and each other arm
+(both paired by seed, with 95 % t-intervals over seeds), writes the plot into docs/img/ and the
+raw numbers into ``--out``/results.json. A finished arm (and the base's scores per seed) are kept
+in ``--out`` and reused, so processes that split the seeds or arms between them share one
+``--out``, and a last run over all of them only tabulates.
+Every checkpoint is also probed without sampling (expected-digit SRCC, comparison accuracy), so
+sharpening (sampled SRCC rises, expected-digit SRCC does not) is told apart from re-ranking.
 """
 
 from __future__ import annotations
@@ -95,6 +98,25 @@ def gains(results: list[dict], base: dict[int, dict]) -> str:
     return "\n".join(lines)
 
 
+def differences(results: list[dict], reference: str = "evo") -> str:
+    """``reference`` minus each other arm after the last round, paired by seed, with 95 % CIs."""
+    final = {(r["arm"], r["seed"]): r["rounds"][-1] for r in results}
+    stats = (("srcc", "mean-of-n SRCC"), ("srcc1", "single-sample SRCC"))
+    lines = [f"| {reference} minus | " + " | ".join(f"{n} (95 % CI)" for _, n in stats) + " |"]
+    lines.append("|---" * (len(stats) + 1) + "|")
+    for arm in dict.fromkeys(r["arm"] for r in results):
+        seeds = [s for a, s in final if a == arm and (reference, s) in final]
+        if arm == reference or len(seeds) < 2:
+            continue
+        cells = []
+        for key, _ in stats:
+            diff = [final[reference, s][key] - final[arm, s][key] for s in seeds]
+            mean, lo, hi = interval(diff)
+            cells.append(f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+        lines.append(f"| {arm} ({len(seeds)} seeds) | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def plot(results: list[dict], base: dict[int, dict], path: Path) -> None:
     """One figure: held-out SRCC per round and arm (mean ± std over seeds), sampled and probed."""
     import matplotlib
@@ -125,6 +147,15 @@ def plot(results: list[dict], base: dict[int, dict], path: Path) -> None:
     fig.savefig(path)
 
 
+def base_scores(base_path: str, spec, cache: Path, args, seed: int) -> dict:
+    """The base's sampled held-out scores for one seed, kept in ``--out`` for later runs."""
+    kept = args.out / f"base-seed{seed}-n{args.n_eval}.json"
+    if not kept.exists():
+        args.out.mkdir(parents=True, exist_ok=True)
+        kept.write_text(json.dumps(score_model(base_path, spec, cache, args.n_eval, seed)))
+    return json.loads(kept.read_text())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -145,10 +176,7 @@ def main() -> None:
     base_path = resolve_model(base_spec.model.base, cache)
     print(f"base model {base_path} ready after {time.perf_counter() - began:.0f} s", flush=True)
     probed = probe_model(base_path, base_spec, cache)  # deterministic: the same for every seed
-    base = {
-        s: {**score_model(base_path, base_spec, cache, args.n_eval, s), **probed}
-        for s in args.seeds
-    }
+    base = {s: {**base_scores(base_path, base_spec, cache, args, s), **probed} for s in args.seeds}
     print(f"base: {json.dumps(base)}", flush=True)
     results = []
     for seed in args.seeds:
@@ -156,6 +184,7 @@ def main() -> None:
             results.append(run_arm(arm, seed, args.out, cache, args.n_eval, overrides))
     print(table(results, base))
     print(gains(results, base))
+    print(f"\n{differences(results)}")
     (args.out / "results.json").write_text(json.dumps({"base": base, "runs": results}, indent=1))
     plot(results, base, args.plot)
     print(f"total {time.perf_counter() - began:.0f} s; plot {args.plot}")

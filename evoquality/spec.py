@@ -85,8 +85,9 @@ class ModelSpec(_Model):
     base: str = Field(
         "Qwen/Qwen2.5-VL-7B-Instruct",
         min_length=1,
-        description="Base VLM: a Hugging Face name, an s3:// or local model directory, or `tiny` "
-        "(a tiny random model built on first use; tests and the quickstart). [paper]",
+        description="Base VLM: a Hugging Face name, an s3:// or local model directory, `tiny` "
+        "(a tiny random model built on first use; tests and the smoke spec) or `tiny-weak` (the "
+        "tiny model pre-trained on SynIQA's training photos, committed; the quickstart). [paper]",
     )
     revision: str | None = Field(None, description="Hub revision of the base model.")
     min_pixels: int = Field(

@@ -2,10 +2,10 @@
 creates run as local processes by the test Job executor (tests/plugins/job_executor.py), every
 artifact going through moto's S3 server.
 
-- a 2-round quickstart-sized run (2 vote shards in an Indexed Job, 2-rank ZeRO-3 training, eval)
-  ends Succeeded, its status equal to the S3 summaries, its promoted checkpoint loadable; on the
-  way a vote shard killed once is retried alone and the operator, restarted while a stage runs,
-  creates no Job twice (one run carries both faults: the suite's time budget);
+- a 2-round run of examples/smoke.yaml (2 vote shards in an Indexed Job, 2-rank ZeRO-3 training,
+  eval) ends Succeeded, its status equal to the S3 summaries, its promoted checkpoint loadable;
+  on the way a vote shard killed once is retried alone and the operator, restarted while a stage
+  runs, creates no Job twice (one run carries both faults: the suite's time budget);
 - `nodes: 2`: two training pods rendezvous through the headless Service's pod names; a rank
   killed after the first complete checkpoint fails the Job, the operator's next attempt resumes
   from that checkpoint;
@@ -38,7 +38,7 @@ from tests.plugins.s3server import S3Bucket
 NS = "ml"
 RUNS_PATH = f"/apis/evoquality.io/v1alpha1/namespaces/{NS}/evoqualityruns"
 ROOT = Path(__file__).resolve().parents[2]
-QUICKSTART = ROOT / "examples" / "quickstart.yaml"
+SMOKE = ROOT / "examples" / "smoke.yaml"
 SECRET = "s3-creds"
 PVC = "model-cache"
 STAGES = ("vote", "rank", "train", "eval")
@@ -67,9 +67,9 @@ def local_image(tmp_path: Path) -> LocalImage:
     )
 
 
-def quickstart_spec(base: str, storage: str, endpoint: str, **overrides: Any) -> dict[str, Any]:
-    """examples/quickstart.yaml's spec on S3, the model from the store, caches on a shared PVC."""
-    spec = yaml.safe_load(QUICKSTART.read_text())["spec"]
+def smoke_spec(base: str, storage: str, endpoint: str, **overrides: Any) -> dict[str, Any]:
+    """examples/smoke.yaml's spec on S3, the model from the store, caches on a shared PVC."""
+    spec = yaml.safe_load(SMOKE.read_text())["spec"]
     spec["model"]["base"] = base
     spec["storage"] = {"uri": storage, "endpoint": endpoint, "secretName": SECRET}
     cache_env = [{"name": "EVOQUALITY_CACHE", "value": f"{jobs_module.MODEL_CACHE}/evoquality"}]
@@ -113,7 +113,7 @@ class Cluster:
 
     def start(self, name: str, **overrides: Any) -> dict[str, Any]:
         """Create the run (the operator may be down); returns its spec."""
-        spec = quickstart_spec(
+        spec = smoke_spec(
             self.model_uri, f"{self.bucket.uri}/runs", self.bucket.endpoint_url, **overrides
         )
         self.kube.put(RUNS_PATH, run_manifest(name, spec))
@@ -185,9 +185,7 @@ def assert_status_matches_store(status: dict[str, Any], store, spec: dict[str, A
 def test_old_torchrun_argv_fails_with_exit_2(cluster: ClusterHandle, job_executor, tmp_path):
     """Negative control: the train command as the operator rendered it before `--`, executed."""
     spec = parse_spec(
-        quickstart_spec(
-            "tiny", "s3://bucket/runs", "http://127.0.0.1:1", training={"gpusPerNode": 2}
-        )
+        smoke_spec("tiny", "s3://bucket/runs", "http://127.0.0.1:1", training={"gpusPerNode": 2})
     )
     ctx = jobs_module.RunContext(NS, "old", "uid-old", spec)
     put_secret(cluster, dict.fromkeys(CREDENTIALS, "unused"))
@@ -221,7 +219,7 @@ def test_old_torchrun_argv_fails_with_exit_2(cluster: ClusterHandle, job_executo
 @pytest.mark.slow
 @pytest.mark.timeout(RUN_DEADLINE_S + 300)
 def test_two_rounds_with_faults_succeed(executed: Cluster, tmp_path):
-    """The quickstart on the cluster path: 2 rounds, 2 vote shards (Indexed Job), 2-rank ZeRO-3
+    """The smoke spec on the cluster path: 2 rounds, 2 vote shards (Indexed Job), 2-rank ZeRO-3
     training, evaluation. On the way, round 0's vote shard 1 is SIGKILLed once (only that index
     gets a second pod) and the operator is stopped and started while round 0 trains (it adopts
     the running Job: no Job twice). The status equals the S3 summaries; the checkpoint loads."""

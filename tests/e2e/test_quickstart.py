@@ -1,8 +1,10 @@
-"""The project's smoke test: `evoquality run examples/quickstart.yaml` end to end, then again.
+"""The README's first command: `evoquality run examples/quickstart.yaml` end to end, then again.
 
-Runs the real CLI in a subprocess with the tiny model built on first use and SynIQA generated on
-first use, and checks the run's artifacts, its table, its report, and that a second run of the
-finished manifest does no work.
+Runs the real CLI in a subprocess, from a cold cache (SynIQA generated on first use; the committed
+`tiny-weak` base), and checks the run's artifacts, its table, its report, and that a second run of
+the finished manifest does no work. Whether the quickstart's SRCC rises is measured over seeds in
+docs/self-evolution.md; the learning check that guards the loop in CI is
+tests/e2e/test_self_evolution_short.py.
 """
 
 import json
@@ -49,10 +51,11 @@ def test_quickstart_runs_end_to_end_and_is_idempotent(tmp_path):
     base = artifacts.read_summary(store, "eval", None)
     assert base is not None and "syniqa-heldout.srcc" in base["metrics"]
     assert "SRCC / PLCC per benchmark" in first.stderr
-    assert "round 1" in first.stderr
+    assert f"round {run.spec.rounds - 1}" in first.stderr
 
     logs = list((workdir / "logs").rglob("*.log"))
-    assert len(logs) >= 9
+    per_round = run.spec.voting.shards + 3  # vote shards, rank, train, eval
+    assert len(logs) == 1 + per_round * run.spec.rounds  # and the base's eval
     for log in logs:  # stage logs hold messages, not tqdm bars
         assert not re.search(r"\d+%\|", log.read_text(errors="replace")), log.name
     report = workdir / "report"
@@ -61,7 +64,7 @@ def test_quickstart_runs_end_to_end_and_is_idempotent(tmp_path):
         assert (report / png).stat().st_size > 5000, f"{png} looks empty"
         assert png in html
     data = json.loads(unescape(html.split("<pre>", 1)[1].split("</pre>", 1)[0]))
-    assert set(data["eval"]) == {"base", "0", "1"}
+    assert set(data["eval"]) == {"base", *(str(r) for r in range(run.spec.rounds))}
 
     second = evoquality("run", str(QUICKSTART), workdir=workdir, cache=cache)
     assert second.returncode == 0, second.stderr[-4000:]

@@ -29,16 +29,16 @@ DEADLINE_S = 300
 
 
 def small_run(name: str) -> dict:
-    quickstart = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
-    quickstart["metadata"]["name"] = name
-    spec = quickstart["spec"]
+    smoke = yaml.safe_load((ROOT / "examples" / "smoke.yaml").read_text())
+    smoke["metadata"]["name"] = name
+    spec = smoke["spec"]
     spec["rounds"] = 1
     spec["data"].update({"maxImages": 12, "augmentation": None})
     spec["voting"].update({"pairsPerRound": 8, "votesPerPair": 2, "shards": 2})
     spec["training"].update({"maxSteps": 2, "saveSteps": 1})
     spec["evaluation"]["benchmarks"][0]["maxImages"] = 8
     spec["evaluation"]["samplesPerImage"] = 1
-    return quickstart
+    return smoke
 
 
 def _interruptible() -> None:

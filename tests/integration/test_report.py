@@ -29,7 +29,7 @@ NOISE = {"base": 1.6, 0: 1.0, 1: 0.6}  # the model gets better: less noise aroun
 
 def fake_run(root: Path) -> str:
     """A finished 2-round run: spec, vote/rank/train summaries, eval tables and summaries."""
-    run = load_run(ROOT / "examples" / "quickstart.yaml")
+    run = load_run(ROOT / "examples" / "smoke.yaml")
     store = open_store(str(root))
     store.put_bytes(artifacts.SPEC_KEY, json.dumps({"spec": spec_to_dict(run.spec)}).encode())
     mos = np.random.default_rng(0).uniform(1, 5, 120)

@@ -139,6 +139,6 @@ def test_non_mapping_manifest(tmp_path):
 
 
 def test_examples_are_valid():
-    for name in ("quickstart", "qwen2.5-vl-7b"):
+    for name in ("quickstart", "smoke", "qwen2.5-vl-7b"):
         run = load_run(f"examples/{name}.yaml")
         assert run.kind == "EvoQualityRun"
