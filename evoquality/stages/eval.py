@@ -10,7 +10,9 @@ the share of samples that parsed.
 Metrics per benchmark (`<name>.srcc`, ...), their size-weighted average (`wavg.*`), and
 `validation.*` for the held-out validation manifest. A benchmark's images go to the engine in
 calls sized by `evoquality.stages.batching`; each image's samples are seeded by
-``derive_seed(run seed, "eval", model label, benchmark, image id)``.
+``derive_seed(run seed, "eval", benchmark, image id)``: the same draws for the base and every
+round's checkpoint (common random numbers), so a round's change over the base is the model's, not
+a fresh draw of the sampling noise (docs/self-evolution.md, "The quickstart, 5 seeds").
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ def score_benchmark(
         for part in batches(len(usable), size):
             idx = usable[part]
             items = [EngineImage(manifest.ids[i], pictures[i], float(manifest.mos[i])) for i in idx]
-            seeds = [derive_seed(ctx.spec.seed, "eval", label, bench.name, it.key) for it in items]
+            seeds = [derive_seed(ctx.spec.seed, "eval", bench.name, it.key) for it in items]
             for i, texts in zip(idx, engine.score(items, n, sampling, seeds), strict=True):
                 scores = [s for s in (parse_score(t) for t in texts) if s is not None]
                 valid[i] = len(scores)
@@ -88,9 +90,7 @@ def score_benchmark(
                     preds[i] = float(np.mean(scores))
                 elif evaluation.parse_failure == "random":
                     rng = np.random.default_rng(
-                        derive_seed(
-                            ctx.spec.seed, "eval-fallback", label, bench.name, manifest.ids[i]
-                        )
+                        derive_seed(ctx.spec.seed, "eval-fallback", bench.name, manifest.ids[i])
                     )
                     preds[i], fallback[i] = rng.uniform(1.0, 5.0), True
             bar.advance(len(idx))
