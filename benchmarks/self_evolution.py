@@ -8,7 +8,8 @@ over seeds), the gains after the last round and the differences between evo and 
 (both paired by seed, with 95 % t-intervals over seeds), writes the plot into docs/img/ and the
 raw numbers into ``--out``/results.json. A finished arm (and the base's scores per seed) are kept
 in ``--out`` and reused, so processes that split the seeds or arms between them share one
-``--out``, and a last run over all of them only tabulates.
+``--out``, and a last run over all of them only tabulates (after a change to the code, not the
+spec, use a fresh ``--out``: the kept results are keyed by spec and ``--n-eval`` only).
 Every checkpoint is also probed without sampling (expected-digit SRCC, comparison accuracy), so
 sharpening (sampled SRCC rises, expected-digit SRCC does not) is told apart from re-ranking.
 """
@@ -147,12 +148,12 @@ def plot(results: list[dict], base: dict[int, dict], path: Path) -> None:
     fig.savefig(path)
 
 
-def base_scores(base_path: str, spec, cache: Path, args, seed: int) -> dict:
-    """The base's sampled held-out scores for one seed, kept in ``--out`` for later runs."""
-    kept = args.out / f"base-seed{seed}-n{args.n_eval}.json"
+def base_scores(base_path: str, spec, cache: Path, out: Path, n_eval: int, seed: int) -> dict:
+    """The base's sampled held-out scores for one seed, kept in ``out`` for later runs."""
+    kept = out / f"base-seed{seed}-n{n_eval}.json"
     if not kept.exists():
-        args.out.mkdir(parents=True, exist_ok=True)
-        kept.write_text(json.dumps(score_model(base_path, spec, cache, args.n_eval, seed)))
+        out.mkdir(parents=True, exist_ok=True)
+        kept.write_text(json.dumps(score_model(base_path, spec, cache, n_eval, seed)))
     return json.loads(kept.read_text())
 
 
@@ -176,7 +177,10 @@ def main() -> None:
     base_path = resolve_model(base_spec.model.base, cache)
     print(f"base model {base_path} ready after {time.perf_counter() - began:.0f} s", flush=True)
     probed = probe_model(base_path, base_spec, cache)  # deterministic: the same for every seed
-    base = {s: {**base_scores(base_path, base_spec, cache, args, s), **probed} for s in args.seeds}
+    base = {
+        s: {**base_scores(base_path, base_spec, cache, args.out, args.n_eval, s), **probed}
+        for s in args.seeds
+    }
     print(f"base: {json.dumps(base)}", flush=True)
     results = []
     for seed in args.seeds:
