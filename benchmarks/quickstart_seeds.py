@@ -25,7 +25,8 @@ import numpy as np
 import yaml
 from scipy.stats import ttest_1samp
 
-from evoquality import artifacts
+from evoquality.report import collect
+from evoquality.runner import run_root
 from evoquality.spec import load_run
 from evoquality.storage import open_store
 
@@ -49,14 +50,8 @@ def run_seed(seed: int, workdir: Path, jobs: int) -> tuple[dict, float]:
     seconds = time.perf_counter() - began
     if done.returncode != 0:
         raise SystemExit(f"seed {seed}: evoquality run exited {done.returncode}\n{done.stderr}")
-    run = load_run(spec_file)
-    store = open_store(str(workdir / "runs" / "default" / run.metadata.name))
-    rounds: list[int | None] = [None, *range(run.spec.rounds)]
-    metrics = {}
-    for r in rounds:
-        summary = artifacts.read_summary(store, "eval", r)
-        metrics["base" if r is None else str(r)] = summary["metrics"]
-    return metrics, seconds
+    evals = collect(open_store(run_root(load_run(spec_file), workdir)))["eval"]
+    return {str(r): m for r, m in evals.items()}, seconds
 
 
 def main() -> None:
